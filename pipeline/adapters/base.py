@@ -132,7 +132,7 @@ class ModelAdapter(ABC):
         for module in self.model.modules():
             if id(module) in layers:
                 continue
-            for name, p in module.named_parameters(recurse=False):
+            for _, p in module.named_parameters(recurse=False):
                 p.data = p.data.to(device)
             for name, b in module.named_buffers(recurse=False):
                 module._buffers[name] = b.to(device)

@@ -73,7 +73,8 @@ def kept_dim(full: int, sparsity: float, multiple: int = 1, minimum: int = 1) ->
     """round((1 − φ)·full) to the nearest multiple of `multiple` (halves round up), within [minimum, full].
 
     The floor is the smallest multiple ≥ minimum, so e.g. RoPE pairs (multiple=2) never get an odd width;
-    the ceiling is `full` itself even when full is not a multiple (nothing removed needs no alignment).
+    a width that rounds to `full` stays `full` even when full is not a multiple (nothing removed needs no
+    alignment, and φ = 0 must reproduce the dense module).
     """
     if full < 1:
         raise ValueError(f"full must be >= 1, got {full}")
@@ -82,7 +83,9 @@ def kept_dim(full: int, sparsity: float, multiple: int = 1, minimum: int = 1) ->
     if not 0.0 <= sparsity <= 1.0:
         raise ValueError(f"sparsity must lie in [0, 1], got {sparsity}")
     # Round to 9 decimals first so that e.g. (1 − 0.25)·10 = 7.5 is not seen as 7.4999…
-    raw = round((1.0 - sparsity) * full, 9) / multiple
-    kept = multiple * math.floor(raw + 0.5)
+    raw = round((1.0 - sparsity) * full, 9)
+    if math.floor(raw + 0.5) >= full:
+        return full
+    kept = multiple * math.floor(raw / multiple + 0.5)
     floor = multiple * math.ceil(max(minimum, 1) / multiple)
     return int(min(max(kept, floor), full))
