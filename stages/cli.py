@@ -19,9 +19,9 @@ USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
     # Imported lazily so `modegpt --help` and config errors answer fast.
-    from . import prepare, tokenize
+    from . import capture, prepare, tokenize
 
-    stages: dict[str, Callable[[Any], Any]] = {"prepare": prepare.run, "tokenize": tokenize.run}
+    stages: dict[str, Callable[[Any], Any]] = {"prepare": prepare.run, "tokenize": tokenize.run, "capture": capture.run}
     return stages
 
 

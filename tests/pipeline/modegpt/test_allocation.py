@@ -95,3 +95,11 @@ def test_svd_rank_matches_parameter_count() -> None:
         assert abs(r * (m + n) - (1 - phi) * m * n) <= (m + n) / 2
     assert svd_rank_for_sparsity(m, n, 0.999) == 1
     assert svd_rank_for_sparsity(m, n, 0.0) <= min(m, n)
+
+
+def test_tiny_temperature_underflow() -> None:
+    # softmax underflows to one-hot: the cap and the exact mean must still hold.
+    phi = bi_sparsity(_scores(), 0.5, 1e-6, 0.85)
+    assert abs(float(phi.mean()) - 0.5) < 1e-12
+    assert float(phi.max()) <= 0.85 + 1e-15
+    assert bool(torch.isfinite(phi).all())

@@ -1,0 +1,95 @@
+"""Per-layer FP64 sums that the solve stage needs, accumulated with forward hooks on one block.
+
+Sums (never means) are kept, with the token count beside them, so calibration data can be added later
+and data-parallel ranks can simply add their sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.adapters import HeadLayout, LayerAdapter
+
+STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens")
+
+
+def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, tuple[int, ...]]:
+    """Per-layer shape of every statistic (the store adds a leading layer axis)."""
+    return {
+        "attn_gram": (hidden, hidden),  # sum of x x^T over tokens, x = attention input (Type-III)
+        "mlp_gram": (intermediate, intermediate),  # sum of h h^T, h = input of the down projection (Type-I)
+        "q_energy": (heads.num_heads, heads.head_dim),  # sum of q_i^2 per head and column (Type-II)
+        "k_energy": (heads.num_kv_heads, heads.head_dim),
+        "bi_cos": (),  # sum over tokens of cos(block input, block output) (Block Influence)
+        "tokens": (),  # token count
+    }
+
+
+@dataclass
+class LayerStats:
+    attn_gram: torch.Tensor
+    mlp_gram: torch.Tensor
+    q_energy: torch.Tensor
+    k_energy: torch.Tensor
+    bi_cos: torch.Tensor
+    tokens: torch.Tensor
+
+    @classmethod
+    def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
+        return cls(**{k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()})
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, k) for k in STAT_NAMES}
+
+
+def _flat64(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).to(torch.float64)
+
+
+class LayerStatsCollector:
+    """Hooks one block's modules and adds each forward pass's contribution to :class:`LayerStats`."""
+
+    def __init__(self, layer: LayerAdapter, heads: HeadLayout, stats: LayerStats) -> None:
+        self.heads = heads
+        self.stats = stats
+        self._handles = [
+            layer.attention_input.register_forward_pre_hook(self._attn_input),
+            layer.q_proj.register_forward_hook(self._query),
+            layer.k_proj.register_forward_hook(self._key),
+            layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
+        ]
+
+    def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
+        x = _flat64(args[0])
+        self.stats.attn_gram.addmm_(x.T, x)
+        self.stats.tokens += x.shape[0]
+
+    def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
+        h = _flat64(args[0])
+        self.stats.mlp_gram.addmm_(h.T, h)
+
+    def _query(self, module: Any, args: Any, out: torch.Tensor) -> None:
+        # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.
+        self.stats.q_energy += _flat64(out).square().sum(0).view(self.heads.num_heads, self.heads.head_dim)
+
+    def _key(self, module: Any, args: Any, out: torch.Tensor) -> None:
+        self.stats.k_energy += _flat64(out).square().sum(0).view(self.heads.num_kv_heads, self.heads.head_dim)
+
+    def add_block_influence(self, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
+        cos = F.cosine_similarity(_flat64(block_in), _flat64(block_out), dim=-1)
+        self.stats.bi_cos += cos.sum()
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> LayerStatsCollector:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()

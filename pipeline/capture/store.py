@@ -1,0 +1,109 @@
+"""The correlation store: one Zarr v3 group per (model, calibration), one array per statistic.
+
+Layout: each array has a leading layer axis and one chunk per layer (square tiles above ``TILE`` for
+very wide matrices), no compressor (FP64 Gram matrices do not compress) and fill value NaN, so a chunk
+never written reads as NaN rather than as plausible zeros. A layer counts as captured only once its
+completion record ``layers/NNNNN.json`` (checksums of every array slice) is written, after the chunks;
+zarr >= 3.1.3 writes each chunk via temp file + rename, so a kill at any moment leaves either a whole
+chunk or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import ArtifactError, atomic_write_json, read_json
+
+TILE = 8192  # matrices wider than this are stored as TILE_SMALL x TILE_SMALL tiles
+TILE_SMALL = 4096
+RECORDS = "layers"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
+
+
+class CorrelationStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --- creation -----------------------------------------------------------------------------------
+    def create_arrays(self, num_layers: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Create the arrays if absent (idempotent, so a resumed capture reuses them)."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        existing = set(group.array_keys())
+        for name, shape in shapes.items():
+            full = (num_layers, *shape)
+            if name in existing:
+                if tuple(group[name].shape) != full:
+                    raise ArtifactError(f"{self.path}/{name} has shape {group[name].shape}, expected {full}")
+                continue
+            chunk = tuple(TILE_SMALL if s > TILE else s for s in shape)
+            group.create_array(
+                name, shape=full, chunks=(1, *chunk), dtype="float64", fill_value=np.nan, compressors=None
+            )
+        (self.path / RECORDS).mkdir(exist_ok=True)
+
+    # --- layers -------------------------------------------------------------------------------------
+    def _record_path(self, layer: int) -> Path:
+        return self.path / RECORDS / f"{layer:05d}.json"
+
+    def write_layer(self, layer: int, stats: Mapping[str, torch.Tensor], fingerprint: str, seconds: float) -> None:
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        checksums = {}
+        for name, tensor in stats.items():
+            a = tensor.detach().to("cpu", torch.float64).numpy()
+            group[name][layer] = a
+            checksums[name] = _digest(a)
+        record = {"layer": layer, "fingerprint": fingerprint, "checksums": checksums, "seconds": seconds,
+                  "tokens": int(stats["tokens"].item()), "written": time.time()}
+        atomic_write_json(self._record_path(layer), record)  # last: the layer is done only now
+
+    def completed_layers(self, fingerprint: str) -> list[int]:
+        """Layers whose completion record exists and belongs to this capture job."""
+        done = []
+        records = self.path / RECORDS
+        if not records.is_dir():
+            return done
+        for p in sorted(records.glob("*.json")):
+            rec = read_json(p)
+            if rec.get("fingerprint") != fingerprint:
+                raise ArtifactError(f"{p} was written by another capture job (fingerprint {rec.get('fingerprint')} "
+                                    f"!= {fingerprint}): remove {self.path} or rerun with overwrite=true")
+            done.append(int(rec["layer"]))
+        return done
+
+    def read_layer(self, layer: int, verify: bool = True) -> dict[str, torch.Tensor]:
+        """One layer's sums; with ``verify``, a chunk that does not match its recorded checksum is refused."""
+        import zarr
+
+        record_path = self._record_path(layer)
+        if not record_path.exists():
+            raise ArtifactError(f"layer {layer} of {self.path} was never completed: rerun `modegpt capture`")
+        record = read_json(record_path)
+        group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        out = {}
+        for name, digest in record["checksums"].items():
+            try:
+                a = np.asarray(group[name][layer])
+            except Exception as e:  # a truncated chunk fails to decode
+                raise ArtifactError(f"{self.path}/{name} layer {layer} is unreadable ({e}): the chunk is "
+                                    "corrupted; rerun `modegpt capture overwrite=true`") from e
+            if verify and _digest(a) != digest:
+                raise ArtifactError(f"{self.path}/{name} layer {layer} does not match its checksum: the chunk is "
+                                    "corrupted; rerun `modegpt capture overwrite=true`")
+            out[name] = torch.from_numpy(a)
+        return out
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -1,0 +1,148 @@
+"""Stage `capture`: FP64 activation statistics of the dense model into a Zarr store, resumable per layer.
+
+Data-parallel with ``torchrun --nproc-per-node N -m stages.cli capture``: each rank takes a shard of the
+calibration samples, sums are all-reduced, rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from filelock import FileLock, Timeout
+
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import (
+    COMPLETE,
+    ArtifactError,
+    ArtifactPaths,
+    Manifest,
+    prepare_output,
+    require_complete,
+    write_manifest,
+)
+from pipeline.capture import CorrelationStore, stat_shapes
+from pipeline.capture.runner import capture_layers
+from pipeline.models import load_model, model_fingerprint, resolve_device
+
+from .tokenize import load_tokens
+
+log = logging.getLogger(__name__)
+
+STAGE = "capture"
+VERSION = "capture-1"
+
+
+def expected_manifest(cfg: Any, tokens_fingerprint: str) -> Manifest:
+    paths = ArtifactPaths(cfg)
+    return Manifest(
+        stage=STAGE,
+        code_version=VERSION,
+        config={"dtype": cfg.model.dtype},
+        inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg, paths.dense_model)},
+    )
+
+
+def _rank_world() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _device(cfg: Any, rank: int, world: int) -> torch.device:
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world > 1 and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return device
+
+
+def run(cfg: Any) -> Path:
+    paths = ArtifactPaths(cfg)
+    rank, world = _rank_world()
+    input_ids, tokens_manifest = load_tokens(cfg)
+    expected = expected_manifest(cfg, tokens_manifest.fingerprint)
+    store = CorrelationStore(paths.store)
+    lock = FileLock(str(paths.store) + ".lock")
+    if rank == 0:
+        paths.store.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ArtifactError(f"another capture is writing {paths.store} (lock {lock.lock_file} is held)") from None
+    try:
+        action = prepare_output(paths.store, expected, cfg.overwrite and rank == 0) if rank == 0 else None
+        if world > 1:
+            box = [action]
+            dist.broadcast_object_list(box, src=0)
+            action = box[0]
+        if action == "skip":
+            log.info("reusing correlation store %s (complete, fingerprint %s)", paths.store, expected.fingerprint)
+            return paths.store
+        _capture(cfg, paths, store, expected, input_ids, rank, world)
+        return paths.store
+    finally:
+        if rank == 0 and lock.is_locked:
+            lock.release()
+
+
+def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: Manifest,
+             input_ids: torch.Tensor, rank: int, world: int) -> None:
+    model = load_model(cfg, paths.dense_model)
+    adapter = adapter_for(model, cfg.model.family)
+    shape = adapter.block_shape()
+    num_layers = adapter.num_layers
+    fp = expected.fingerprint
+    if rank == 0:
+        paths.store.mkdir(parents=True, exist_ok=True)
+        write_manifest(paths.store, expected)  # status partial until every layer is recorded
+        store.create_arrays(num_layers, stat_shapes(shape.hidden_size, shape.intermediate_size, adapter.head_layout()))
+    _barrier(world)
+    done = set(store.completed_layers(fp))
+    start = next((i for i in range(num_layers) if i not in done), num_layers)
+    if start:
+        log.info("resuming capture at layer %d/%d (%d layers already in %s)", start, num_layers, len(done), paths.store)
+    t0 = time.perf_counter()
+    if start < num_layers:
+
+        def sink(layer: int, stats: dict[str, torch.Tensor], seconds: float) -> None:
+            if rank == 0:
+                store.write_layer(layer, stats, fp, seconds)
+            _barrier(world)
+
+        capture_layers(
+            adapter, input_ids[rank::world], sink, _device(cfg, rank, world), cfg.calibration.batch_size, start
+        )
+    if rank == 0:
+        expected.status = COMPLETE
+        expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,
+                          "seconds": round(time.perf_counter() - t0, 3), "bytes": store.nbytes()}
+        write_manifest(paths.store, expected)
+        log.info("correlation store complete: %s (%.1f MiB)", paths.store, expected.extra["bytes"] / 2**20)
+    _barrier(world)
+
+
+def open_store(cfg: Any) -> tuple[CorrelationStore, Manifest]:
+    """The complete store for this config, refusing one captured for another model or calibration."""
+    paths = ArtifactPaths(cfg)
+    found = require_complete(paths.store, STAGE, "correlation store")
+    _, tokens_manifest = load_tokens(cfg)
+    expected = expected_manifest(cfg, tokens_manifest.fingerprint)
+    if found.fingerprint != expected.fingerprint:
+        raise ArtifactError(
+            f"correlation store {paths.store} was captured for another model or calibration "
+            f"(fingerprint {found.fingerprint} != {expected.fingerprint}): rerun `modegpt capture overwrite=true`"
+        )
+    return CorrelationStore(paths.store), found
