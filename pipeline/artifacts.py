@@ -278,7 +278,7 @@ class ArtifactPaths:
 
     @property
     def store(self) -> Path:
-        return self.store_root / self.cfg.model.name / f"{self.calibration_key}.zarr"
+        return self.store_root / self.cfg.model.name / self.calibration_key
 
     def compression_tag(self, rate: float | None = None) -> str:
         k = self.cfg.compression

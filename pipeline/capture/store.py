@@ -29,28 +29,34 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
 
 
+ZARR = "correlations.zarr"
+
+
 class CorrelationStore:
+    """The artifact directory holds ``manifest.json``, the Zarr group and the per-layer ``layers/`` records."""
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.zarr_path = self.path / ZARR
 
     # --- creation -----------------------------------------------------------------------------------
     def create_arrays(self, num_layers: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
         """Create the arrays if absent (idempotent, so a resumed capture reuses them)."""
         import zarr
 
-        group = zarr.open_group(str(self.path), mode="a", zarr_format=3)
+        group = zarr.open_group(str(self.zarr_path), mode="a", zarr_format=3)
         existing = set(group.array_keys())
         for name, shape in shapes.items():
             full = (num_layers, *shape)
             if name in existing:
                 if tuple(group[name].shape) != full:
-                    raise ArtifactError(f"{self.path}/{name} has shape {group[name].shape}, expected {full}")
+                    raise ArtifactError(f"{self.zarr_path}/{name} has shape {group[name].shape}, expected {full}")
                 continue
             chunk = tuple(TILE_SMALL if s > TILE else s for s in shape)
             group.create_array(
                 name, shape=full, chunks=(1, *chunk), dtype="float64", fill_value=np.nan, compressors=None
             )
-        (self.path / RECORDS).mkdir(exist_ok=True)
+        (self.path / RECORDS).mkdir(parents=True, exist_ok=True)
 
     # --- layers -------------------------------------------------------------------------------------
     def _record_path(self, layer: int) -> Path:
@@ -59,7 +65,7 @@ class CorrelationStore:
     def write_layer(self, layer: int, stats: Mapping[str, torch.Tensor], fingerprint: str, seconds: float) -> None:
         import zarr
 
-        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        group = zarr.open_group(str(self.zarr_path), mode="r+", zarr_format=3)
         checksums = {}
         for name, tensor in stats.items():
             a = tensor.detach().to("cpu", torch.float64).numpy()
@@ -91,16 +97,16 @@ class CorrelationStore:
         if not record_path.exists():
             raise ArtifactError(f"layer {layer} of {self.path} was never completed: rerun `modegpt capture`")
         record = read_json(record_path)
-        group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        group = zarr.open_group(str(self.zarr_path), mode="r", zarr_format=3)
         out = {}
         for name, digest in record["checksums"].items():
             try:
                 a = np.asarray(group[name][layer])
             except Exception as e:  # a truncated chunk fails to decode
-                raise ArtifactError(f"{self.path}/{name} layer {layer} is unreadable ({e}): the chunk is "
+                raise ArtifactError(f"{self.zarr_path}/{name} layer {layer} is unreadable ({e}): the chunk is "
                                     "corrupted; rerun `modegpt capture overwrite=true`") from e
             if verify and _digest(a) != digest:
-                raise ArtifactError(f"{self.path}/{name} layer {layer} does not match its checksum: the chunk is "
+                raise ArtifactError(f"{self.zarr_path}/{name} layer {layer} does not match its checksum: the chunk is "
                                     "corrupted; rerun `modegpt capture overwrite=true`")
             out[name] = torch.from_numpy(a)
         return out

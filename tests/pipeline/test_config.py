@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_config
+
+from pipeline.config import ConfigError, validate
+
+
+def test_default_config_composes_and_validates() -> None:
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.model.name == "smollm2-135m"
+    assert cfg.model.source_kind == "gguf_package"
+    assert cfg.calibration.num_samples == 32 and cfg.calibration.seq_len == 512
+    assert cfg.compression.allocation == "bi"
+
+
+@pytest.mark.parametrize("model", ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "opt-125m",
+                                   "opt-350m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b", "opt-30b", "opt-66b"])
+def test_every_model_config_composes(model: str) -> None:
+    cfg = compose_config([f"model={model}"])
+    validate(cfg)
+    assert cfg.model.name == model
+
+
+def test_paper_calibration_is_one_override_away() -> None:
+    cfg = compose_config(["calibration=paper"])
+    assert (cfg.calibration.num_samples, cfg.calibration.seq_len) == (128, 2048)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("compression.rate=1.5", "compression.rate"),
+        ("compression.rate=-0.1", "compression.rate"),
+        ("compression.allocation=random", "compression.allocation"),
+        ("calibration.num_samples=0", "calibration.num_samples"),
+        ("calibration.source=books", "calibration.source"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_bad_values_fail_validation_naming_the_key(override: str, key: str) -> None:
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=key):
+        validate(cfg)
+
+
+@pytest.mark.parametrize("override", ["compression.rate=abc", "calibration.num_samples=many", "model=not-a-model"])
+def test_type_errors_and_unknown_groups_fail_at_compose_time(override: str) -> None:
+    with pytest.raises(Exception):  # noqa: B017 - Hydra raises several error types
+        compose_config([override])
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [("compression.rate=abc", "compression.rate=abc"), ("model=nope", "model/nope"), ("compression.rate=2", "[0, 1)")],
+)
+def test_cli_reports_bad_input_in_one_line(override: str, needle: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.cli", "tokenize", override], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0] and lines[0].startswith("modegpt: error:")
+
+
+def test_cli_rejects_unknown_stage() -> None:
+    proc = subprocess.run([sys.executable, "-m", "stages.cli", "compile"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "unknown stage 'compile'" in proc.stderr

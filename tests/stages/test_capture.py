@@ -1,0 +1,195 @@
+"""Capture: store values equal a naive full-forward computation; resume, refusal, corruption, locking, DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import compose_config, tiny_overrides
+from filelock import FileLock
+
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import ArtifactError, ArtifactPaths
+from pipeline.capture import STAT_NAMES, CorrelationStore
+from pipeline.models import load_model
+from stages import capture, tokenize
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
+    """Every statistic from one full forward pass over all samples, with hooks on every block."""
+    ids, _ = tokenize.load_tokens(cfg)
+    model = load_model(cfg, ArtifactPaths(cfg).dense_model)
+    adapter = adapter_for(model, cfg.model.family)
+    heads = adapter.head_layout()
+    sums: list[dict[str, torch.Tensor]] = []
+    handles = []
+    for layer in adapter.layers():
+        s: dict[str, torch.Tensor] = {}
+        sums.append(s)
+
+        def gram(key, s=s):
+            return lambda m, a: s.__setitem__(key, a[0].reshape(-1, a[0].shape[-1]).double().T
+                                              @ a[0].reshape(-1, a[0].shape[-1]).double())
+
+        def energy(key, n, s=s):
+            return lambda m, a, o: s.__setitem__(key, o.double().square().sum((0, 1)).view(n, heads.head_dim))
+
+        def block_io(m, a, o, s=s):
+            out = o[0] if isinstance(o, tuple) else o
+            s["bi_cos"] = F.cosine_similarity(a[0].double(), out.double(), dim=-1).sum()
+            s["tokens"] = torch.tensor(float(a[0].shape[0] * a[0].shape[1]), dtype=torch.float64)
+
+        handles += [
+            layer.q_proj.register_forward_pre_hook(gram("attn_gram")),
+            layer.down_proj.register_forward_pre_hook(gram("mlp_gram")),
+            layer.q_proj.register_forward_hook(energy("q_energy", heads.num_heads)),
+            layer.k_proj.register_forward_hook(energy("k_energy", heads.num_kv_heads)),
+            layer.block.register_forward_hook(block_io),
+        ]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for h in handles:
+        h.remove()
+    return sums
+
+
+def _store_values(cfg) -> list[dict[str, np.ndarray]]:
+    store = CorrelationStore(ArtifactPaths(cfg).store)
+    n = len(list((store.path / "layers").glob("*.json")))
+    return [{k: v.numpy() for k, v in store.read_layer(i).items()} for i in range(n)]
+
+
+def test_store_equals_naive_full_forward(tiny_cfg) -> None:
+    tokenize.run(tiny_cfg)
+    path = capture.run(tiny_cfg)
+    _, manifest = capture.open_store(tiny_cfg)
+    assert manifest.status == "complete" and manifest.extra["tokens"] == 8 * 32
+    expected = _naive_sums(tiny_cfg)
+    got = _store_values(tiny_cfg)
+    assert len(got) == len(expected) == 3
+    for layer, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert set(g) == set(STAT_NAMES)
+        for key in STAT_NAMES:
+            np.testing.assert_allclose(g[key], e[key].numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{key} layer {layer}")
+        assert g["tokens"] == 8 * 32
+    assert (path / "correlations.zarr" / "zarr.json").is_file()
+
+
+def test_rerun_on_finished_store_does_nothing(tiny_cfg) -> None:
+    tokenize.run(tiny_cfg)
+    path = capture.run(tiny_cfg)
+    stamps = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    capture.run(tiny_cfg)
+    assert stamps == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+
+
+def _kill_script(cfg_overrides: list[str], kill_after_layer: int) -> str:
+    """A child process that dies by SIGKILL right after writing a given layer (no cleanup runs)."""
+    return f"""
+import os, signal
+from conftest import compose_config
+from pipeline.capture import store as store_mod
+from stages import capture
+original = store_mod.CorrelationStore.write_layer
+def write_then_die(self, layer, *a, **k):
+    original(self, layer, *a, **k)
+    if layer == {kill_after_layer}:
+        os.kill(os.getpid(), signal.SIGKILL)
+store_mod.CorrelationStore.write_layer = write_then_die
+capture.run(compose_config({cfg_overrides!r}))
+"""
+
+
+def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs) -> None:
+    base = tiny_overrides(tmp_path / "a", tiny_model_dirs["llama"], "llama")
+    other = tiny_overrides(tmp_path / "b", tiny_model_dirs["llama"], "llama")
+    for o in (base, other):
+        tokenize.run(compose_config(o))
+    capture.run(compose_config(base))
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
+    proc = subprocess.run([sys.executable, "-c", _kill_script(other, 0)], env=env, cwd=REPO, timeout=300)
+    assert proc.returncode == -9
+    cfg_b = compose_config(other)
+    records = sorted(p.name for p in (ArtifactPaths(cfg_b).store / "layers").glob("*.json"))
+    assert records == ["00000.json"]
+    with pytest.raises(ArtifactError, match="incomplete"):
+        capture.open_store(cfg_b)
+    writes = []
+    original = CorrelationStore.write_layer
+
+    def spy(self, layer, *a, **k):
+        writes.append(layer)
+        return original(self, layer, *a, **k)
+
+    CorrelationStore.write_layer = spy
+    try:
+        capture.run(cfg_b)
+    finally:
+        CorrelationStore.write_layer = original
+    assert writes == [1, 2]  # finished layers are not redone
+    a_vals, b_vals = _store_values(compose_config(base)), _store_values(cfg_b)
+    for x, y in zip(a_vals, b_vals, strict=True):
+        for key in STAT_NAMES:
+            assert np.array_equal(x[key], y[key]), key
+
+
+def test_store_from_other_job_is_refused(tmp_path: Path, tiny_model_dirs) -> None:
+    base = tiny_overrides(tmp_path, tiny_model_dirs["opt"], "opt")
+    tokenize.run(compose_config(base))
+    capture.run(compose_config(base))
+    changed = compose_config([*base, "model.dtype=float64"])
+    with pytest.raises(ArtifactError, match="dtype"):
+        capture.run(changed)
+    with pytest.raises(ArtifactError, match="captured for another model or calibration"):
+        capture.open_store(changed)
+
+
+def test_corrupted_or_truncated_chunk_is_detected(tmp_path: Path, tiny_model_dirs) -> None:
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
+    tokenize.run(cfg)
+    path = capture.run(cfg)
+    store = CorrelationStore(path)
+    chunk = store.zarr_path / "mlp_gram" / "c" / "1" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[100] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="mlp_gram layer 1 does not match its checksum"):
+        store.read_layer(1)
+    store.read_layer(0)
+    chunk.write_bytes(bytes(raw[: len(raw) // 2]))
+    with pytest.raises(ArtifactError, match="mlp_gram layer 1"):
+        store.read_layer(1)
+
+
+def test_a_held_lock_stops_a_second_capture(tmp_path: Path, tiny_model_dirs) -> None:
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
+    tokenize.run(cfg)
+    store = ArtifactPaths(cfg).store
+    store.parent.mkdir(parents=True)
+    with FileLock(str(store) + ".lock"):
+        with pytest.raises(ArtifactError, match="another capture is writing"):
+            capture.run(cfg)
+
+
+def test_two_gloo_ranks_equal_single_process(tmp_path: Path, tiny_model_dirs) -> None:
+    single = tiny_overrides(tmp_path / "one", tiny_model_dirs["llama"], "llama")
+    ddp = tiny_overrides(tmp_path / "two", tiny_model_dirs["llama"], "llama")
+    for o in (single, ddp):
+        tokenize.run(compose_config(o))
+    capture.run(compose_config(single))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "stages.cli", "capture", *ddp]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, manifest = capture.open_store(compose_config(ddp))
+    assert manifest.extra["world_size"] == 2
+    for x, y in zip(_store_values(compose_config(single)), _store_values(compose_config(ddp)), strict=True):
+        for key in STAT_NAMES:
+            np.testing.assert_allclose(x[key], y[key], rtol=1e-12, atol=1e-9, err_msg=key)
