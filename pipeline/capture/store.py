@@ -89,7 +89,8 @@ class CorrelationStore:
             done.append(int(rec["layer"]))
         return done
 
-    def read_layer(self, layer: int, verify: bool = True) -> dict[str, torch.Tensor]:
+    def read_layer(self, layer: int, verify: bool = True, names: tuple[str, ...] | None = None
+                   ) -> dict[str, torch.Tensor]:
         """One layer's sums; with ``verify``, a chunk that does not match its recorded checksum is refused."""
         import zarr
 
@@ -100,6 +101,8 @@ class CorrelationStore:
         group = zarr.open_group(str(self.zarr_path), mode="r", zarr_format=3)
         out = {}
         for name, digest in record["checksums"].items():
+            if names is not None and name not in names:
+                continue
             try:
                 a = np.asarray(group[name][layer])
             except Exception as e:  # a truncated chunk fails to decode

@@ -1,0 +1,150 @@
+"""One layer of MoDeGPT (or a baseline) from its dense weights and captured statistics.
+
+This is the glue between adapters (which know where the weights are) and the pure math in
+``pipeline.modegpt``: it turns HF modules into X W-layout FP64 tensors, sums into means, and the math's
+outputs into a :class:`~pipeline.plan.LayerSolution` plus per-module reconstruction errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
+from pipeline.modegpt import (
+    bi_sparsity,
+    cr_select,
+    fold_value_bias,
+    kept_dim,
+    nystrom_mlp,
+    svd_rank_for_sparsity,
+    truncated_svd,
+    uniform_sparsity,
+    vo_residual,
+    vo_svd,
+)
+from pipeline.plan import LayerPlan, LayerSolution
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    method: str = "modegpt"
+    ridge_lambda: float = 1.0
+    nystrom_ridge: float = 1e-6
+    eig_floor: float = 1e-8
+    round_to: int = 1
+
+
+@dataclass
+class DenseLayer:
+    """One block's weights in X W layout (FP64): heads split out where the method works per head."""
+
+    up: Tensor  # [d, D]
+    gate: Tensor | None  # [d, D]
+    down: Tensor  # [D, d]
+    v: Tensor  # [n_kv, d, d_H]
+    o: Tensor  # [n_h, d_H, d]
+    v_bias: Tensor | None  # [n_kv * d_H]
+    o_bias: Tensor | None  # [d]
+
+    @classmethod
+    def from_layer(cls, layer: LayerAdapter, heads: HeadLayout, device: torch.device) -> DenseLayer:
+        def xw(module: torch.nn.Linear) -> Tensor:
+            return module.weight.detach().to(device, F64).T
+
+        def bias(module: torch.nn.Linear) -> Tensor | None:
+            return None if module.bias is None else module.bias.detach().to(device, F64)
+
+        d = layer.q_proj.in_features
+        return cls(
+            up=xw(layer.up_proj),
+            gate=None if layer.gate_proj is None else xw(layer.gate_proj),
+            down=xw(layer.down_proj),
+            v=xw(layer.v_proj).reshape(d, heads.num_kv_heads, heads.head_dim).permute(1, 0, 2),
+            o=xw(layer.o_proj).reshape(heads.num_heads, heads.head_dim, d),
+            v_bias=bias(layer.v_proj),
+            o_bias=bias(layer.o_proj),
+        )
+
+
+def layer_sparsities(block_influence: Tensor, target: float, allocation: str, temperature: float,
+                     max_sparsity: float) -> Tensor:
+    if allocation == "uniform":
+        return uniform_sparsity(block_influence.numel(), target)
+    return bi_sparsity(block_influence, target, temperature, max_sparsity)
+
+
+def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
+    heads = shape.heads
+    return LayerPlan(
+        sparsity=float(sparsity),
+        mlp_width=kept_dim(shape.intermediate_size, sparsity, multiple=round_to),
+        qk_dim=kept_dim(heads.head_dim, sparsity, multiple=2 if heads.rope else 1, minimum=2 if heads.rope else 1),
+        v_dim=kept_dim(heads.head_dim, sparsity),
+    )
+
+
+def _quadratic_error(corr: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Tr((a - b)ᵀ C (a - b)) without forming anything wider than the weights."""
+    diff = a - b
+    return (diff * (corr @ diff)).sum()
+
+
+def _vo_energy(corr: Tensor, dense: DenseLayer, group: int) -> Tensor:
+    """Σ_h ‖C^{1/2} W_V,group(h) W_O,h‖²: the value-output module's output energy."""
+    gram_v = dense.v.transpose(1, 2) @ corr @ dense.v  # [n_kv, d_H, d_H]
+    n_kv, head_dim = gram_v.shape[0], gram_v.shape[1]
+    gram_o = (dense.o @ dense.o.transpose(1, 2)).reshape(n_kv, group, head_dim, head_dim).sum(1)
+    return (gram_v * gram_o).sum()
+
+
+def solve_modegpt_layer(
+    stats: dict[str, Tensor], dense: DenseLayer, plan: LayerPlan, heads: HeadLayout, settings: SolverSettings
+) -> tuple[LayerSolution, dict[str, float]]:
+    """Type-I (Nyström), Type-II (CR) and Type-III (SVD) for one layer; errors relative to output energy."""
+    tokens = float(stats["tokens"])
+    mlp_corr = stats["mlp_gram"] / tokens
+    attn_corr = stats["attn_gram"] / tokens
+
+    mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge)
+    refit = torch.zeros_like(dense.down)
+    refit[mlp.index] = mlp.w_down
+    mlp_energy = (dense.down * (mlp_corr @ dense.down)).sum()
+    mlp_error = _quadratic_error(mlp_corr, dense.down, refit) / mlp_energy
+
+    qk_index = cr_select(stats["q_energy"], stats["k_energy"], plan.qk_dim, heads.rope)
+    group = heads.group_size
+    score = (stats["q_energy"].reshape(heads.num_kv_heads, group, -1).sum(1) * stats["k_energy"]).clamp_min(0).sqrt()
+    qk_dropped = 1.0 - score.gather(1, qk_index.to(score.device)).sum() / score.sum()
+
+    vo = vo_svd(attn_corr, dense.v, dense.o, plan.v_dim, settings.eig_floor)
+    vo_error = vo_residual(attn_corr, dense.v, dense.o, vo) / max(float(_vo_energy(attn_corr, dense, group)), 1e-300)
+
+    o_bias = None
+    if dense.v_bias is not None:
+        base = dense.o_bias if dense.o_bias is not None else torch.zeros_like(dense.o[0, 0])
+        o_bias = fold_value_bias(dense.v_bias, dense.o, base, group)
+    solution = LayerSolution(
+        mlp_index=mlp.index.cpu(), mlp_down=mlp.w_down.cpu(), qk_index=qk_index.cpu(),
+        v_weight=vo.w_v.cpu(), o_weight=vo.w_o.cpu(), o_bias=None if o_bias is None else o_bias.cpu(),
+    )
+    errors = {"mlp": float(mlp_error), "qk_score_dropped": float(qk_dropped), "vo": float(vo_error)}
+    return solution, errors
+
+
+def solve_weight_svd_layer(layer: LayerAdapter, sparsity: float, device: torch.device) -> dict[str, Tensor]:
+    """Baseline: each linear layer replaced by its truncated SVD at equal parameter count (X W layout factors)."""
+    factors: dict[str, Tensor] = {}
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj"):
+        module = getattr(layer, name)
+        if module is None:
+            continue
+        w = module.weight.detach().to(device, F64).T
+        rank = svd_rank_for_sparsity(w.shape[0], w.shape[1], sparsity)
+        a, b = truncated_svd(w, rank)
+        factors[f"{name}.a"], factors[f"{name}.b"] = a.cpu().contiguous(), b.cpu().contiguous()
+    return factors

@@ -1,0 +1,165 @@
+"""Stage `solve`: per-layer sparsities and decompositions from the weights and the correlation store only.
+
+No forward pass: a second compression rate costs only this stage. Each layer's factors are written
+atomically as it finishes (``layers/NNNNN.safetensors``), so an interrupted solve resumes at the next layer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import (
+    COMPLETE,
+    SOLVER_KEYS,
+    ArtifactError,
+    ArtifactPaths,
+    Manifest,
+    atomic_path,
+    atomic_write_json,
+    prepare_output,
+    read_json,
+    require_complete,
+    write_manifest,
+)
+from pipeline.models import load_model, resolve_device
+from pipeline.plan import LayerPlan, LayerSolution
+from pipeline.solver import (
+    DenseLayer,
+    SolverSettings,
+    layer_sparsities,
+    plan_layer,
+    solve_modegpt_layer,
+    solve_weight_svd_layer,
+)
+
+from .capture import open_store
+
+log = logging.getLogger(__name__)
+
+STAGE = "solve"
+VERSION = "solve-1"
+PLAN = "plan.json"
+
+
+def _rate(cfg: Any, rate: float | None) -> float:
+    return float(cfg.compression.rate if rate is None else rate)
+
+
+def expected_manifest(cfg: Any, store_fingerprint: str, rate: float | None = None) -> Manifest:
+    k = cfg.compression
+    config = {key: k[key] for key in SOLVER_KEYS} | {"rate": _rate(cfg, rate)}
+    return Manifest(stage=STAGE, code_version=VERSION, config=config, inputs={"store": store_fingerprint})
+
+
+def layer_file(directory: Path, layer: int) -> Path:
+    return directory / "layers" / f"{layer:05d}.safetensors"
+
+
+def run(cfg: Any, rate: float | None = None) -> Path:
+    paths = ArtifactPaths(cfg)
+    store, store_manifest = open_store(cfg)
+    log.info("using correlation store %s (fingerprint %s): no forward pass needed", store.path,
+             store_manifest.fingerprint)
+    expected = expected_manifest(cfg, store_manifest.fingerprint, rate)
+    target = paths.solve(rate)
+    action = prepare_output(target, expected, cfg.overwrite)
+    if action == "skip":
+        log.info("reusing solve artifact %s", target)
+        return target
+    k = cfg.compression
+    device = resolve_device(cfg.device)
+    model = load_model(cfg, paths.dense_model)
+    adapter = adapter_for(model, cfg.model.family)
+    shape, heads, num_layers = adapter.block_shape(), adapter.head_layout(), adapter.num_layers
+
+    scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens")) for i in range(num_layers)]
+    block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
+    phi = layer_sparsities(block_influence, _rate(cfg, rate), k.allocation, k.temperature, k.max_sparsity)
+    plans = [plan_layer(float(p), shape, k.round_to) for p in phi]
+    plan_doc = {"rate": _rate(cfg, rate), "allocation": k.allocation, "method": k.method,
+                "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
+    target.mkdir(parents=True, exist_ok=True)
+    if action == "resume" and (target / PLAN).exists():
+        if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
+            raise ArtifactError(f"{target / PLAN} differs from the recomputed plan: rerun with overwrite=true")
+        log.info("resuming solve in %s", target)
+    else:
+        write_manifest(target, expected)
+        atomic_write_json(target / PLAN, plan_doc)
+
+    settings = SolverSettings(k.method, k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
+    errors: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    for index in tqdm(range(num_layers), desc=f"solve r={_rate(cfg, rate):g}", unit="layer", disable=None):
+        out = layer_file(target, index)
+        if out.exists():
+            errors.append(_layer_errors(out))
+            continue
+        start = time.perf_counter()
+        layer = adapter.layer(index)
+        if settings.method == "weight_svd":
+            tensors, err = solve_weight_svd_layer(layer, plans[index].sparsity, device), {}
+        else:
+            stats = {n: t.to(device) for n, t in store.read_layer(index, verify=cfg.verify_store).items()}
+            solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plans[index],
+                                                heads, settings)
+            tensors = solution.to_tensors()
+        with atomic_path(out) as tmp:
+            save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
+        errors.append(err)
+        log.info("solve layer %d/%d: phi=%.3f mlp=%d qk=%d v=%d errors %s (%.2f s)", index + 1, num_layers,
+                 plans[index].sparsity, plans[index].mlp_width, plans[index].qk_dim, plans[index].v_dim,
+                 ", ".join(f"{n}={v:.4f}" for n, v in err.items()), time.perf_counter() - start)
+
+    dense_block = adapter.block_linear_params()
+    kept_block = sum(shape.linear_params(p.mlp_width, p.qk_dim, p.v_dim, adapter.bias_flags()) for p in plans)
+    if k.method == "weight_svd":
+        kept_block = sum(t.numel() for i in range(num_layers) for t in load_file(str(layer_file(target, i))).values())
+    removed = dense_block - kept_block
+    expected.status = COMPLETE
+    expected.extra = {
+        "target_rate": _rate(cfg, rate),
+        "achieved_block_rate": removed / dense_block,
+        "achieved_model_rate": removed / adapter.total_params(),
+        "dense_params": adapter.total_params(),
+        "compressed_params": adapter.total_params() - removed,
+        "errors": errors,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_manifest(target, expected)
+    log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
+             _rate(cfg, rate), removed / dense_block, removed / adapter.total_params(), target)
+    return target
+
+
+def _layer_errors(path: Path) -> dict[str, float]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("errors", "{}"))
+
+
+def load_solution(cfg: Any, rate: float | None = None) -> tuple[list[LayerPlan], list[LayerSolution], Manifest]:
+    """The plan and per-layer factors of a complete solve for this config, refusing a foreign or partial one."""
+    paths = ArtifactPaths(cfg)
+    target = paths.solve(rate)
+    found = require_complete(target, STAGE, "solve artifact")
+    _, store_manifest = open_store(cfg)
+    if found.fingerprint != expected_manifest(cfg, store_manifest.fingerprint, rate).fingerprint:
+        raise ArtifactError(f"solve artifact {target} was produced for another model, store or solver config: "
+                            "rerun `modegpt solve overwrite=true`")
+    plan_doc = read_json(target / PLAN)
+    plans = [LayerPlan(**p) for p in plan_doc["layers"]]
+    if plan_doc["method"] != "modegpt":
+        raise ArtifactError(f"{target} holds a {plan_doc['method']} baseline: only method=modegpt assembles")
+    solutions = [LayerSolution.from_tensors(load_file(str(layer_file(target, i)))) for i in range(len(plans))]
+    return plans, solutions, found
