@@ -30,6 +30,7 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
+from pipeline.modeling import expected_parameter_count
 from pipeline.models import load_model, resolve_device
 from pipeline.plan import LayerPlan, LayerSolution
 from pipeline.solver import (
@@ -121,10 +122,11 @@ def run(cfg: Any, rate: float | None = None) -> Path:
                  ", ".join(f"{n}={v:.4f}" for n, v in err.items()), time.perf_counter() - start)
 
     dense_block = adapter.block_linear_params()
-    kept_block = sum(shape.linear_params(p.mlp_width, p.qk_dim, p.v_dim, adapter.bias_flags()) for p in plans)
     if k.method == "weight_svd":
         kept_block = sum(t.numel() for i in range(num_layers) for t in load_file(str(layer_file(target, i))).values())
-    removed = dense_block - kept_block
+        removed = dense_block - kept_block
+    else:
+        removed = adapter.total_params() - expected_parameter_count(adapter, plans)
     expected.status = COMPLETE
     expected.extra = {
         "target_rate": _rate(cfg, rate),

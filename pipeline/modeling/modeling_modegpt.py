@@ -1,0 +1,206 @@
+"""Models compressed by MoDeGPT: the HF Llama / OPT models with narrower attention and MLP in every layer.
+
+Each class builds its HF base model, then swaps every decoder layer's attention and MLP linears for
+compressed ones whose widths come from ``config.layer_dims``; everything else (embeddings, norms, head,
+positions, decoder-layer forward, caching, generation) is the base model's. Self-contained on purpose
+(only ``torch`` / ``transformers`` imports and the sibling configuration file): ``save_pretrained`` copies
+this file and its relative imports, so ``trust_remote_code=True`` loads without this project installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaForCausalLM, OPTForCausalLM
+from transformers.activations import ACT2FN
+
+from .configuration_modegpt import ModeGPTConfigMixin, ModeGPTLlamaConfig, ModeGPTOPTConfig
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_gather_index(config: ModeGPTConfigMixin, layer_idx: int) -> torch.Tensor:
+    """Long [n_kv, qk_dim]: entries of the full-head cos/sin that each KV group's compressed head uses.
+
+    A compressed head is laid out as [x_S, x_{S + d_H/2}] (S = kept frequencies), so ``rotate_half`` on the
+    qk_dim-wide vector pairs the same columns as on the full head once cos/sin are gathered at [S, S + d_H/2].
+    """
+    half = config.head_counts()[2] // 2
+    freqs = torch.tensor(config.kept_frequencies(layer_idx), dtype=torch.long)
+    return torch.cat([freqs, freqs + half], dim=1)
+
+
+class ModeGPTGatedMLP(nn.Module):
+    """SwiGLU MLP of a given inner width (LlamaMLP reads its width from the config, which is per model)."""
+
+    def __init__(self, hidden_size: int, width: int, act: str, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, width, bias=bias)
+        self.up_proj = nn.Linear(hidden_size, width, bias=bias)
+        self.down_proj = nn.Linear(width, hidden_size, bias=bias)
+        self.act_fn = ACT2FN[act]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _attend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float, dropout: float
+) -> torch.Tensor:
+    """One SDPA call; query [B, n_h, T, qk], key [B, n_kv, S, qk], value [B, n_kv, S, v] -> [B, n_h, T, v].
+
+    ``mask`` is what the base model's ``create_causal_mask`` built (None, boolean or additive); None means
+    plain causal attention, which SDPA's ``is_causal`` aligns top-left, so it needs T == S.
+    """
+    batch, n_h, q_len, _ = query.shape
+    n_kv, kv_len = key.shape[1], key.shape[2]
+    groups = n_h // n_kv
+    if mask is None and 1 < q_len < kv_len:
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
+    is_causal = mask is None and q_len > 1
+    extra: dict[str, Any] = {}
+    if groups > 1 and q_len == 1 and (mask is None or mask.shape[1] == 1):
+        # Decoding: a group's queries become the "sequence" axis of its KV head, so KV is never repeated.
+        out = F.scaled_dot_product_attention(
+            query.reshape(batch, n_kv, groups, -1), key, value, attn_mask=mask, dropout_p=dropout, scale=scale
+        )
+        return out.reshape(batch, n_h, 1, value.shape[-1])
+    if groups > 1:
+        if mask is None and key.shape[-1] == value.shape[-1]:
+            extra["enable_gqa"] = True
+        else:  # CUDA's fused kernels take GQA only without a mask and with equal q/v widths
+            key = key.repeat_interleave(groups, dim=1)
+            value = value.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale, **extra
+    )
+
+
+class ModeGPTAttention(nn.Module):
+    """Attention with per-layer q/k width qk_dim and value/output rank v_dim per head, original 1/sqrt(d_H).
+
+    Called with the keyword arguments of the base decoder layer (Llama: position_embeddings; OPT: none)
+    and returns (output, None) like the HF attention modules. K and V are cached at their own widths.
+    """
+
+    def __init__(
+        self, config: ModeGPTConfigMixin, layer_idx: int, out_name: str, prescale_query: bool = False
+    ) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads, head_dim = config.head_counts()
+        dims = config.dims(layer_idx)
+        self.qk_dim, self.v_dim = dims["qk_dim"], dims["v_dim"]
+        self.scaling = head_dim**-0.5
+        self.prescale_query = prescale_query  # OPT scales q before the product; kept for identical numerics
+        self.attention_dropout = float(config.attention_dropout or 0.0)
+        d = config.hidden_size
+        self.q_proj = nn.Linear(d, self.num_heads * self.qk_dim, bias=config.qk_bias)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.qk_dim, bias=config.qk_bias)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.v_dim, bias=False)
+        # The output projection keeps the base family's name (o_proj / out_proj), so checkpoints and the
+        # project's adapters address it as in the dense model.
+        self.out_name = out_name
+        setattr(self, out_name, nn.Linear(self.num_heads * self.v_dim, d, bias=config.o_bias))
+        if config.uses_rope:
+            self.register_buffer("rope_gather", rope_gather_index(config, layer_idx))
+        else:
+            self.rope_gather = None
+
+    def _rope(
+        self, query: torch.Tensor, key: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = (t[..., self.rope_gather].transpose(1, 2) for t in position_embeddings)  # [B, n_kv, T, qk]
+        key = key * cos + rotate_half(key) * sin
+        shape = query.shape
+        grouped = query.view(shape[0], self.num_kv_heads, -1, shape[2], shape[3])  # head h is in group h // g
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+        query = (grouped * cos + rotate_half(grouped) * sin).reshape(shape)
+        return query, key
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Any | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        batch, q_len, _ = hidden_states.shape
+        query = self.q_proj(hidden_states)
+        if self.prescale_query:
+            query = query * self.scaling
+        query = query.view(batch, q_len, self.num_heads, self.qk_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.qk_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.v_dim).transpose(1, 2)
+        if self.rope_gather is not None:
+            query, key = self._rope(query, key, position_embeddings)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, self.layer_idx)
+        out = _attend(
+            query, key, value, attention_mask,
+            scale=1.0 if self.prescale_query else self.scaling,
+            dropout=self.attention_dropout if self.training else 0.0,
+        )
+        out = out.transpose(1, 2).reshape(batch, q_len, self.num_heads * self.v_dim)
+        return getattr(self, self.out_name)(out), None
+
+
+class ModeGPTModelMixin:
+    """Swaps the compressed modules into a freshly built HF model; the family hooks say where they go."""
+
+    # The attention calls SDPA itself, with masks built for sdpa or eager; other kernels are not wired in.
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    _supports_attention_backend = False
+
+    def __init__(self, config: ModeGPTConfigMixin) -> None:
+        super().__init__(config)  # the HF base model, at dense widths (on the meta device when loading)
+        for i, layer in enumerate(self._decoder_layers()):
+            self._install_layer(layer, i)
+        self.post_init()  # initialise the new modules like the rest (and re-tie embeddings)
+
+    def _decoder_layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def _install_layer(self, layer: nn.Module, layer_idx: int) -> None:
+        raise NotImplementedError
+
+
+class ModeGPTLlamaForCausalLM(ModeGPTModelMixin, LlamaForCausalLM):
+    config_class = ModeGPTLlamaConfig
+
+    def _decoder_layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def _install_layer(self, layer: nn.Module, layer_idx: int) -> None:
+        c = self.config
+        layer.self_attn = ModeGPTAttention(c, layer_idx, out_name="o_proj")
+        layer.mlp = ModeGPTGatedMLP(c.hidden_size, c.dims(layer_idx)["mlp_width"], c.hidden_act, c.mlp_bias)
+
+
+class ModeGPTOPTForCausalLM(ModeGPTModelMixin, OPTForCausalLM):
+    config_class = ModeGPTOPTConfig
+
+    def _decoder_layers(self) -> nn.ModuleList:
+        return self.model.decoder.layers
+
+    def _install_layer(self, layer: nn.Module, layer_idx: int) -> None:
+        c = self.config
+        width = c.dims(layer_idx)["mlp_width"]
+        layer.self_attn = ModeGPTAttention(c, layer_idx, out_name="out_proj", prescale_query=True)
+        layer.fc1 = nn.Linear(c.hidden_size, width, bias=c.enable_bias)
+        layer.fc2 = nn.Linear(width, c.hidden_size, bias=c.enable_bias)
+
+
+# save_pretrained then writes this code and the auto_map into the checkpoint.
+for _cls in (ModeGPTLlamaConfig, ModeGPTOPTConfig):
+    _cls.register_for_auto_class()
+for _cls in (ModeGPTLlamaForCausalLM, ModeGPTOPTForCausalLM):
+    _cls.register_for_auto_class("AutoModelForCausalLM")

@@ -1,0 +1,132 @@
+"""Assembly: zero compression reproduces the dense model; shapes, configs and parameter counts of real ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from modeling_fixtures import COMPRESSED_DIMS, make_dense, random_solutions
+
+from pipeline.adapters import adapter_for
+from pipeline.modeling import (
+    ModeGPTLlamaConfig,
+    ModeGPTLlamaForCausalLM,
+    ModeGPTOPTForCausalLM,
+    build_compressed_model,
+    count_parameters,
+    expected_parameter_count,
+    identity_solutions,
+)
+
+EXPECTED_CLASS = {"llama": ModeGPTLlamaForCausalLM, "qwen2": ModeGPTLlamaForCausalLM, "opt": ModeGPTOPTForCausalLM}
+
+
+def _ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 128, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("family", "attn"), [("llama", "sdpa"), ("llama", "eager"), ("qwen2", "sdpa"), ("opt", "sdpa"), ("opt", "eager")]
+)
+def test_identity_solutions_reproduce_dense_logits(family: str, attn: str) -> None:
+    dense = make_dense(family, attn)
+    adapter = adapter_for(dense)
+    plans, solutions = identity_solutions(adapter)
+    model = build_compressed_model(dense, adapter, plans, solutions)
+    assert type(model) is EXPECTED_CLASS[family]
+    assert model.config._attn_implementation == attn
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding: the mask reaches the attention as a tensor, not is_causal
+    with torch.no_grad():
+        for kwargs in ({}, {"attention_mask": mask}):
+            keep = kwargs.get("attention_mask", mask.new_ones(mask.shape)).bool()
+            # Padded positions are left out: their query rows attend to nothing, so the rows do not sum to 1
+            # and the folded value bias (OPT, Qwen2) legitimately changes their (unused) outputs.
+            got, want = model(ids, **kwargs).logits[keep], dense(ids, **kwargs).logits[keep]
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert count_parameters(dense) == adapter.total_params()
+    # Rate 0 changes only biases: v's is folded away, and Qwen2's o gains one.
+    assert count_parameters(model) == expected_parameter_count(adapter, plans)
+    if family == "llama":
+        assert count_parameters(model) == count_parameters(dense)
+
+
+def test_qwen2_value_bias_is_folded_into_a_new_output_bias() -> None:
+    dense = make_dense("qwen2")
+    adapter = adapter_for(dense)
+    model = build_compressed_model(dense, adapter, *identity_solutions(adapter))
+    attn = model.model.layers[0].self_attn
+    assert attn.q_proj.bias is not None and attn.k_proj.bias is not None
+    assert attn.v_proj.bias is None and attn.o_proj.bias is not None
+    assert dense.model.layers[0].self_attn.o_proj.bias is None
+    assert model.config.qk_bias and model.config.o_bias
+    assert "sliding_window" not in model.config.to_dict() and "layer_types" not in model.config.to_dict()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+def test_compressed_shapes_config_and_parameter_count(family: str) -> None:
+    dense = make_dense(family)
+    adapter = adapter_for(dense)
+    plans, solutions = random_solutions(adapter)
+    model = build_compressed_model(dense, adapter, plans, solutions)
+    layout, d = adapter.head_layout(), adapter.block_shape().hidden_size
+    n_h, n_kv = layout.num_heads, layout.num_kv_heads
+    assert model.config.layer_dims == [{"mlp_width": w, "qk_dim": q, "v_dim": v} for w, q, v in COMPRESSED_DIMS]
+    n_mlp_in = 1 if family == "opt" else 2
+    removed = 0
+    for (w, q, v), layer in zip(COMPRESSED_DIMS, type(adapter)(model).layers(), strict=True):
+        assert tuple(layer.q_proj.weight.shape) == (n_h * q, d)
+        assert tuple(layer.k_proj.weight.shape) == (n_kv * q, d)
+        assert tuple(layer.v_proj.weight.shape) == (n_kv * v, d) and layer.v_proj.bias is None
+        assert tuple(layer.o_proj.weight.shape) == (d, n_h * v)
+        assert tuple(layer.up_proj.weight.shape) == (w, d) and tuple(layer.down_proj.weight.shape) == (d, w)
+        # independent arithmetic: what each linear loses against the dense widths (D = 96, d_H = 16)
+        removed += (n_mlp_in + 1) * d * (96 - w) + (n_h + n_kv) * d * (16 - q) + (n_kv + n_h) * d * (16 - v)
+        if family == "opt":  # fc1 and q/k biases shrink; v's bias is gone (folded into o's)
+            removed += (96 - w) + (n_h + n_kv) * (16 - q) + n_kv * 16
+        elif family == "qwen2":  # q/k biases shrink, v's bias is gone, o gains one
+            removed += (n_h + n_kv) * (16 - q) + n_kv * 16 - d
+    assert count_parameters(model) == count_parameters(dense) - removed
+    assert count_parameters(model) == expected_parameter_count(adapter, plans)
+    if layout.rope:
+        for i, sol in enumerate(solutions):
+            assert model.config.rope_index[i] == sol.qk_index[:, : sol.qk_index.shape[1] // 2].tolist()
+    else:
+        assert model.config.rope_index is None
+    assert next(model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        assert torch.isfinite(model(_ids()).logits).all()
+
+
+def test_dtype_follows_the_dense_model() -> None:
+    dense = make_dense("llama").to(torch.bfloat16)
+    adapter = adapter_for(dense)
+    model = build_compressed_model(dense, adapter, *random_solutions(adapter))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.config.dtype == torch.bfloat16
+    assert model.model.layers[0].self_attn.rope_gather.dtype == torch.long
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied embeddings stay tied
+
+
+def test_mismatched_plan_and_unfolded_value_bias_are_rejected() -> None:
+    dense = make_dense("opt")
+    adapter = adapter_for(dense)
+    plans, solutions = random_solutions(adapter)
+    with pytest.raises(ValueError, match="do not match the plan"):
+        build_compressed_model(dense, adapter, plans[::-1], solutions)
+    solutions[0].o_bias = None
+    with pytest.raises(ValueError, match="value bias"):
+        build_compressed_model(dense, adapter, plans, solutions)
+
+
+def test_config_validation() -> None:
+    base = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 16}
+    dims = [{"mlp_width": 8, "qk_dim": 4, "v_dim": 4}]
+    with pytest.raises(ValueError, match="rope_index"):
+        ModeGPTLlamaConfig(**base, layer_dims=dims)
+    with pytest.raises(ValueError, match="rope_index"):
+        ModeGPTLlamaConfig(**base, layer_dims=dims, rope_index=[[[0, 9], [1, 2]]])  # 9 >= d_H/2
+    config = ModeGPTLlamaConfig(**base, layer_dims=dims, rope_index=[[[0, 7], [1, 2]]])
+    assert config.dims(0) == dims[0] and config.kept_frequencies(0) == [[0, 7], [1, 2]]
+    assert ModeGPTLlamaConfig(**base).dims(0) == {"mlp_width": 96, "qk_dim": 16, "v_dim": 16}
