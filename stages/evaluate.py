@@ -1,0 +1,126 @@
+"""Stage `evaluate`: WikiText-2 perplexity and lm-eval zero-shot accuracy of the dense and compressed models.
+
+The dense model's metrics are an artifact of their own (per eval config), computed once and reused as the
+reference for every rate's retention ratio. Results go to ``metrics.json`` beside a manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.artifacts import (
+    COMPLETE,
+    ArtifactPaths,
+    Manifest,
+    atomic_dir,
+    atomic_write_json,
+    prepare_output,
+    read_json,
+    write_manifest,
+)
+from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.models import load_model, load_tokenizer, model_fingerprint, resolve_device, torch_dtype
+
+from .assemble import checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+VERSION = "evaluate-1"
+METRICS = "metrics.json"
+EVAL_KEYS = ("tasks", "limit", "batch_size", "num_fewshot", "offline", "average_metric", "seed", "perplexity",
+             "wikitext_path", "perplexity_max_windows", "perplexity_batch_size")
+
+
+def _eval_config(cfg: Any) -> dict[str, Any]:
+    e = cfg.eval
+    conf = {k: (list(e[k]) if k == "tasks" else e[k]) for k in EVAL_KEYS}
+    return conf | {"seq_len": cfg.model.max_seq_len, "dtype": cfg.model.dtype}
+
+
+def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: Path) -> dict[str, Any]:
+    """Perplexity and zero-shot results of one model, as a flat JSON-able dict."""
+    e = cfg.eval
+    device = resolve_device(cfg.device)
+    model.to(device)
+    out: dict[str, Any] = {}
+    if e.perplexity:
+        start = time.perf_counter()
+        text, source = wikitext2_test_text(e.wikitext_path)
+        ppl = perplexity(model, tokenize_stream(tokenizer, text), cfg.model.max_seq_len, e.perplexity_batch_size,
+                         e.perplexity_max_windows, device)
+        out["wikitext2"] = ppl | {"source": source, "seconds": round(time.perf_counter() - start, 1)}
+        log.info("WikiText-2 perplexity %.3f (%d windows of %d)", ppl["perplexity"], ppl["windows"], ppl["seq_len"])
+    if e.tasks:
+        from pipeline.evaluation import run_zero_shot
+
+        start = time.perf_counter()
+        zs = run_zero_shot(model, tokenizer, list(e.tasks), e.batch_size, e.limit, e.offline, work_dir,
+                           num_fewshot=e.num_fewshot, seed=e.seed, average_metric=e.average_metric)
+        out["zero_shot"] = zs | {"seconds": round(time.perf_counter() - start, 1)}
+        log.info("zero-shot average %.4f over %s", zs["average"], ", ".join(e.tasks))
+    return out
+
+
+def _write(target: Path, manifest: Manifest, metrics: dict[str, Any]) -> None:
+    manifest.status = COMPLETE
+    with atomic_dir(target) as tmp:
+        atomic_write_json(tmp / METRICS, metrics)
+        write_manifest(tmp, manifest)
+
+
+def evaluate_dense(cfg: Any) -> dict[str, Any]:
+    paths = ArtifactPaths(cfg)
+    expected = Manifest(stage=STAGE, code_version=VERSION, config=_eval_config(cfg),
+                        inputs={"model": model_fingerprint(cfg, paths.dense_model)})
+    target = paths.dense_evaluation
+    if prepare_output(target, expected, cfg.overwrite) == "skip":
+        log.info("reusing dense metrics %s", target / METRICS)
+        return read_json(target / METRICS)
+    log.info("evaluating the dense model %s", cfg.model.name)
+    model = load_model(cfg, paths.dense_model)
+    metrics = {"model": cfg.model.name, "rate": 0.0, "compressed": False,
+               "params": sum(p.numel() for p in model.parameters())}
+    metrics |= evaluate_model(model, load_tokenizer(cfg, paths.dense_model), cfg, paths.root / "cache")
+    _write(target, expected, metrics)
+    return metrics
+
+
+def run(cfg: Any, rate: float | None = None) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import pipeline.modeling  # noqa: F401 - registers the compressed classes with the Auto factories
+
+    paths = ArtifactPaths(cfg)
+    dense = evaluate_dense(cfg)
+    ckpt = checkpoint_dir(cfg, rate)
+    ckpt_manifest = read_json(ckpt / "manifest.json")
+    expected = Manifest(stage=STAGE, code_version=VERSION, config=_eval_config(cfg),
+                        inputs={"checkpoint": ckpt_manifest["fingerprint"]})
+    target = paths.evaluation(rate)
+    if prepare_output(target, expected, cfg.overwrite) == "skip":
+        log.info("reusing metrics %s", target / METRICS)
+        return target
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch_dtype(cfg.model.dtype)).eval()
+    extra = ckpt_manifest["extra"]
+    metrics = {"model": cfg.model.name, "compressed": True, "checkpoint": str(ckpt),
+               "rate": extra["target_block_rate"], "achieved_block_rate": extra["achieved_block_rate"],
+               "achieved_model_rate": extra["achieved_model_rate"], "params": extra["compressed_params"],
+               "dense_params": extra["dense_params"], "method": cfg.compression.method,
+               "allocation": cfg.compression.allocation, "temperature": cfg.compression.temperature}
+    log.info("evaluating %s", ckpt)
+    metrics |= evaluate_model(model, AutoTokenizer.from_pretrained(ckpt), cfg, paths.root / "cache")
+    metrics["dense"] = {k: dense[k] for k in ("wikitext2", "zero_shot") if k in dense}
+    if "zero_shot" in metrics and "zero_shot" in dense:
+        metrics["retention"] = metrics["zero_shot"]["average"] / dense["zero_shot"]["average"]
+        log.info("zero-shot retention %.3f (%.4f vs dense %.4f)", metrics["retention"],
+                 metrics["zero_shot"]["average"], dense["zero_shot"]["average"])
+    if "wikitext2" in metrics and "wikitext2" in dense:
+        metrics["perplexity_ratio"] = metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"]
+    _write(target, expected, metrics)
+    return target
