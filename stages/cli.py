@@ -19,12 +19,10 @@ USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
     # Imported lazily so `modegpt --help` and config errors answer fast.
-    from . import assemble, capture, evaluate, prepare, solve, tokenize
+    from . import assemble, capture, evaluate, prepare, report, solve, tokenize
 
-    stages: dict[str, Callable[[Any], Any]] = {"prepare": prepare.run, "tokenize": tokenize.run, "capture": capture.run,
-                                                 "solve": solve.run, "assemble": assemble.run,
-                                                 "evaluate": evaluate.run}
-    return stages
+    modules = (prepare, tokenize, capture, solve, assemble, evaluate, report)
+    return {m.__name__.rsplit(".", 1)[-1]: m.run for m in modules}
 
 
 def run_all(cfg: Any) -> None:

@@ -1,0 +1,140 @@
+"""Stage `report`: one Markdown table and PNG plots across every evaluated rate of a model + calibration.
+
+Reads every ``eval/<tag>/metrics.json`` (and the dense reference) and each rate's ``solve/<tag>/plan.json``;
+writes ``report/report.md``, ``perplexity_vs_rate.png``, ``zero_shot_vs_rate.png`` and ``kept_dims.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import ArtifactError, ArtifactPaths, atomic_path, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+
+def _rows(paths: ArtifactPaths) -> list[dict[str, Any]]:
+    rows = []
+    dense = paths.dense_evaluation / "metrics.json"
+    if dense.exists():
+        rows.append(read_json(dense) | {"tag": "dense", "method": "dense", "allocation": ""})
+    for metrics in sorted((paths.model_root / paths.calibration_key / "eval").glob("*/metrics.json")):
+        rows.append(read_json(metrics) | {"tag": metrics.parent.name})
+    return rows
+
+
+def _series_name(row: dict[str, Any]) -> str:
+    if row["method"] != "modegpt":
+        return row["method"]
+    return f"modegpt-{row['allocation']} (eps {row['temperature']:g})" if row["allocation"] == "bi" else \
+        f"modegpt-{row['allocation']}"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    tasks = next((list(r["zero_shot"]) for r in rows if "zero_shot" in r), [])
+    tasks = [t for t in tasks if isinstance(rows[0].get("zero_shot", {}).get(t), dict)] if rows else []
+    head = ["model", "target rate", "block params removed", "params", "WikiText-2 ppl", *tasks, "zero-shot avg",
+            "retention"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in sorted(rows, key=lambda r: (r["method"] != "dense", _series_name(r) if r["method"] != "dense" else "",
+                                         r["rate"])):
+        zs = r.get("zero_shot", {})
+        cells = [
+            "dense" if r["method"] == "dense" else _series_name(r),
+            f"{r['rate']:g}",
+            f"{r.get('achieved_block_rate', 0.0):.1%}",
+            f"{r['params'] / 1e6:.1f}M",
+            f"{r['wikitext2']['perplexity']:.2f}" if "wikitext2" in r else "",
+            *[f"{100 * (zs[t].get('acc_norm') or zs[t]['acc']):.1f}" if t in zs else "" for t in tasks],
+            f"{100 * zs['average']:.2f}" if "average" in zs else "",
+            f"{r['retention']:.1%}" if "retention" in r else "",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    dense = [r for r in rows if r["method"] == "dense" and value(r) is not None]
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        if r["method"] != "dense" and value(r) is not None:
+            series.setdefault(_series_name(r), []).append((r["rate"], value(r)))
+    for name, points in sorted(series.items()):
+        xs, ys = zip(*sorted(points), strict=True)
+        ax.plot(xs, ys, marker="o", label=name)
+    if dense:
+        ax.axhline(value(dense[0]), color="gray", linestyle="--", label="dense")
+    ax.set_xlabel("target compression rate (decoder-block parameters removed)")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for r in sorted((r for r in rows if r["method"] == "modegpt"), key=lambda r: (_series_name(r), r["rate"])):
+        plan_path = paths.model_root / paths.calibration_key / "solve" / r["tag"] / "plan.json"
+        if not plan_path.exists():
+            continue
+        layers = read_json(plan_path)["layers"]
+        full = {k: max(p[k] for p in layers) for k in ("mlp_width", "qk_dim", "v_dim")}
+        for ax, key in zip(axes, ("mlp_width", "qk_dim", "v_dim"), strict=True):
+            label = f"{_series_name(r)} r={r['rate']:g}"
+            ax.plot(range(len(layers)), [p[key] for p in layers], marker=".", label=label)
+            ax.set_title(f"kept {key} per layer (max {full[key]})")
+            ax.set_xlabel("layer")
+    axes[0].set_ylabel("kept dimension")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: Any) -> Path:
+    paths = ArtifactPaths(cfg)
+    rows = _rows(paths)
+    if not any(r["method"] != "dense" for r in rows):
+        raise ArtifactError(f"no evaluated compressed model under {paths.model_root / paths.calibration_key}: "
+                            "run `modegpt evaluate` first")
+    out = paths.report
+    out.mkdir(parents=True, exist_ok=True)
+
+    def ppl(r: dict[str, Any]) -> float | None:
+        return r["wikitext2"]["perplexity"] if "wikitext2" in r else None
+
+    def avg(r: dict[str, Any]) -> float | None:
+        return 100 * r["zero_shot"]["average"] if "zero_shot" in r else None
+
+    _plot_vs_rate(rows, ppl, "WikiText-2 perplexity", out / "perplexity_vs_rate.png", log_y=True)
+    _plot_vs_rate(rows, avg, "zero-shot average accuracy (%)", out / "zero_shot_vs_rate.png")
+    _plot_kept_dims(paths, rows, out / "kept_dims.png")
+    source = next((r["wikitext2"]["source"] for r in rows if "wikitext2" in r), "n/a")
+    settings = next((r["zero_shot"].get("settings") for r in rows if "zero_shot" in r), None)
+    text = (f"# MoDeGPT report: {cfg.model.name}, calibration {paths.calibration_key}\n\n"
+            f"{markdown_table(rows)}\n"
+            f"Perplexity: {source}. Zero-shot settings: {settings}.\n\n"
+            "![perplexity](perplexity_vs_rate.png)\n![zero-shot](zero_shot_vs_rate.png)\n![kept](kept_dims.png)\n")
+    atomic_write_text(out / "report.md", text)
+    log.info("report written to %s", out / "report.md")
+    print(markdown_table(rows))
+    return out
