@@ -32,3 +32,9 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# params.yaml is the composed default config, committed for `dvc repro` (which never composes Hydra configs).
+params.yaml: $(STAMP) $(wildcard conf/*.yaml conf/*/*.yaml) pipeline/config.py
+	{ echo "# Composed from conf/ (the default job): \`make params.yaml\` regenerates it. DVC reads its keys;"; \
+	  echo "# stages run with --config-path \"\$$PWD\" --config-name params, so \`dvc exp run -S key=value\` takes effect."; \
+	  $(VENV)/bin/modegpt prepare --cfg job --resolve; } > $@

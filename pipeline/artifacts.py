@@ -301,6 +301,11 @@ class ArtifactPaths:
     def dense_evaluation(self) -> Path:
         return self.model_root / "eval" / "dense"
 
+    def rate_metrics(self, rate: float | None = None) -> Path:
+        """The latest metrics of one rate at a path DVC can template (``metrics/r<rate>.json``)."""
+        rate = self.cfg.compression.rate if rate is None else rate
+        return self.model_root / self.calibration_key / "metrics" / f"r{rate:g}.json"
+
     @property
     def report(self) -> Path:
         return self.model_root / self.calibration_key / "report"

@@ -76,7 +76,7 @@ class EvalConfig:
 @dataclass
 class PathsConfig:
     root: str = "outputs"  # every artifact lives under here, at a path derived from config keys
-    store_root: str | None = None  # correlation stores (big): None = {root}/stores
+    store_root: str | None = None  # correlation stores (big); None = {root}/stores
 
 
 @dataclass

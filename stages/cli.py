@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from collections.abc import Callable
@@ -15,6 +16,18 @@ from pipeline.models import AssetError
 log = logging.getLogger("modegpt")
 
 USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    if isinstance(exc, USER_ERRORS):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return (f"no space left on the device{where}: free space or point paths.root / paths.store_root at a "
+                "larger disk, then rerun the same command (finished layers and artifacts are kept)")
+    return None
 
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
@@ -88,9 +101,12 @@ def main() -> None:
         try:
             validate(cfg)
             target(cfg)
-        except USER_ERRORS as e:
-            log.error("%s", e)
-            raise SystemExit(f"modegpt: error: {e}") from None
+        except Exception as e:
+            message = user_error(e)
+            if message is None:
+                raise
+            log.error("%s", message)
+            raise SystemExit(f"modegpt: error: {message}") from None
 
     sys.argv = [f"modegpt {stage}", *rest]
     _job()

@@ -105,6 +105,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     target = paths.evaluation(rate)
     if prepare_output(target, expected, cfg.overwrite) == "skip":
         log.info("reusing metrics %s", target / METRICS)
+        if not paths.rate_metrics(rate).exists() or read_json(paths.rate_metrics(rate)).get("tag") != target.name:
+            atomic_write_json(paths.rate_metrics(rate), read_json(target / METRICS) | {"tag": target.name})
         return target
     model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch_dtype(cfg.model.dtype)).eval()
     extra = ckpt_manifest["extra"]
@@ -123,4 +125,5 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     if "wikitext2" in metrics and "wikitext2" in dense:
         metrics["perplexity_ratio"] = metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"]
     _write(target, expected, metrics)
+    atomic_write_json(paths.rate_metrics(rate), metrics | {"tag": target.name})
     return target

@@ -33,8 +33,8 @@ def _series_name(row: dict[str, Any]) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    tasks = next((list(r["zero_shot"]) for r in rows if "zero_shot" in r), [])
-    tasks = [t for t in tasks if isinstance(rows[0].get("zero_shot", {}).get(t), dict)] if rows else []
+    zero_shot = next((r["zero_shot"] for r in rows if "zero_shot" in r), {})
+    tasks = [t for t, v in zero_shot.items() if isinstance(v, dict) and "acc" in v]
     head = ["model", "target rate", "block params removed", "params", "WikiText-2 ppl", *tasks, "zero-shot avg",
             "retention"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
