@@ -47,7 +47,7 @@ from .capture import open_store
 log = logging.getLogger(__name__)
 
 STAGE = "solve"
-VERSION = "solve-1"
+VERSION = "solve-2"
 PLAN = "plan.json"
 
 
@@ -113,7 +113,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
             stats = {n: t.to(device) for n, t in store.read_layer(index, verify=cfg.verify_store).items()}
             solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plans[index],
                                                 heads, settings)
-            tensors = solution.to_tensors()
+            # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
+            tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
         with atomic_path(out) as tmp:
             save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
         errors.append(err)

@@ -118,13 +118,7 @@ class ModelAdapter(ABC):
         return self.block_shape().dense_linear_params(self.bias_flags()) * self.num_layers
 
     def total_params(self) -> int:
-        seen: set[int] = set()
-        total = 0
-        for p in self.model.parameters():
-            if p.data_ptr() not in seen:  # tied embeddings count once
-                seen.add(p.data_ptr())
-                total += p.numel()
-        return total
+        return sum(p.numel() for p in self.model.parameters())  # parameters() yields tied weights once
 
     def move_non_layer_modules(self, device: torch.device | str) -> None:
         """Move embeddings, final norm, head and rotary buffers to ``device``; blocks stay where they are."""
