@@ -1,0 +1,91 @@
+"""Capture-stage cost on the real default model: wall time, tokens/s, peak memory, and the achieved fraction
+of this machine's measured matmul throughput.
+
+    .venv/bin/python benchmarks/capture.py                       # default calibration (32 x 512)
+    .venv/bin/python benchmarks/capture.py calibration=paper     # the paper's 128 x 2048
+
+The capture runs into a fresh temporary store (the pipeline's own store is untouched). FLOPs counted:
+forward = 2 x block linear parameters x tokens + causal attention (2 x T^2 x d per sequence and layer);
+correlations = 2 x tokens x (d^2 + D^2) per layer in FP64 (plus the small per-head energies, ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+
+import torch
+from hydra import compose, initialize_config_module
+
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import ArtifactPaths, read_manifest
+from pipeline.config import register_configs, validate
+from pipeline.models import load_model, resolve_device
+from stages import capture, prepare, tokenize
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """Sustained FLOP/s of an n x n matmul in ``dtype`` (best of ``repeats``)."""
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    register_configs()
+    with tempfile.TemporaryDirectory() as store_root:
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*args.overrides, f"paths.store_root={store_root}"])
+        validate(cfg)
+        prepare.run(cfg)
+        tokenize.run(cfg)
+        device = resolve_device(cfg.device)
+        fp32, fp64 = matmul_rate(torch.float32, device), matmul_rate(torch.float64, device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        capture.run(cfg)
+        wall = time.perf_counter() - start
+        paths = ArtifactPaths(cfg)
+        manifest = read_manifest(paths.store)
+        model = load_model(cfg, paths.dense_model)
+        adapter = adapter_for(model, cfg.model.family)
+        shape = adapter.block_shape()
+        c = cfg.calibration
+        tokens = c.num_samples * c.seq_len
+        layers = adapter.num_layers
+        attention = layers * c.num_samples * 2 * c.seq_len**2 * shape.hidden_size
+        forward = 2 * adapter.block_linear_params() * tokens + attention
+        correlations = layers * 2 * tokens * (shape.hidden_size**2 + shape.intermediate_size**2)
+        ideal = forward / fp32 + correlations / fp64
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        print(f"model {cfg.model.name}, calibration {c.num_samples} x {c.seq_len} = {tokens} tokens, "
+              f"device {device}, {torch.get_num_threads()} threads")
+        print(f"capture wall time      {wall:.1f} s (stage total; layers alone {manifest.extra['seconds']:.1f} s)")
+        print(f"throughput             {tokens * layers / manifest.extra['seconds']:.0f} token-layers/s, "
+              f"{tokens / manifest.extra['seconds']:.0f} tokens/s through the whole model")
+        print(f"peak memory            {peak / 2**30:.2f} GiB ({'device' if device.type == 'cuda' else 'process RSS'})")
+        print(f"store size             {manifest.extra['bytes'] / 2**20:.1f} MiB")
+        print(f"measured matmul rate   fp32 {fp32 / 1e9:.1f} GFLOP/s, fp64 {fp64 / 1e9:.1f} GFLOP/s")
+        print(f"work                   forward {forward / 1e12:.2f} TFLOP (fp32), correlations "
+              f"{correlations / 1e12:.2f} TFLOP (fp64)")
+        print(f"achieved fraction      {ideal / manifest.extra['seconds']:.1%} of the measured matmul throughput")
+
+
+if __name__ == "__main__":
+    main()
