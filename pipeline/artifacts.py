@@ -294,12 +294,23 @@ class ArtifactPaths:
     def checkpoint(self, rate: float | None = None) -> Path:
         return self.model_root / self.calibration_key / "compressed" / self.compression_tag(rate)
 
+    def eval_config(self) -> dict[str, Any]:
+        """Everything that changes an evaluation's numbers."""
+        e = self.cfg.eval
+        conf = {k: (list(e[k]) if k == "tasks" else e[k]) for k in EVAL_KEYS}
+        return conf | {"seq_len": self.cfg.model.max_seq_len, "dtype": self.cfg.model.dtype}
+
+    @property
+    def eval_tag(self) -> str:
+        """Evaluations under different eval configs live side by side (eval=default vs eval=full)."""
+        return f"eval-{fingerprint(self.eval_config())[:8]}"
+
     def evaluation(self, rate: float | None = None) -> Path:
-        return self.model_root / self.calibration_key / "eval" / self.compression_tag(rate)
+        return self.model_root / self.calibration_key / "eval" / self.eval_tag / self.compression_tag(rate)
 
     @property
     def dense_evaluation(self) -> Path:
-        return self.model_root / "eval" / "dense"
+        return self.model_root / "eval" / self.eval_tag / "dense"
 
     def rate_metrics(self, rate: float | None = None) -> Path:
         """The latest metrics of one rate at a path DVC can template (``metrics/r<rate>.json``)."""
@@ -311,6 +322,10 @@ class ArtifactPaths:
         return self.model_root / self.calibration_key / "report"
 
 
+EVAL_KEYS = (
+    "tasks", "limit", "batch_size", "num_fewshot", "offline", "average_metric", "seed", "perplexity", "wikitext_path",
+    "perplexity_max_windows", "perplexity_batch_size",
+)
 # Compression keys that change the solver's output (everything but the rate list used for sweeps).
 SOLVER_KEYS = (
     "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",

@@ -55,6 +55,13 @@ def wikitext2_documents(path: str | None, split: str = "train") -> list[str]:
     return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
 
 
+def _load_json(where: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CalibrationError(f"calibration.path: {where} is not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
 def _alpaca_text(row: dict[str, Any]) -> str:
     if row.get("text"):
         return str(row["text"])
@@ -64,7 +71,7 @@ def _alpaca_text(row: dict[str, Any]) -> str:
 
 def alpaca_documents(path: str | None) -> list[str]:
     if path:
-        rows = json.loads(Path(path).read_text(encoding="utf-8"))
+        rows = _load_json(path, Path(path).read_text(encoding="utf-8"))
         if not isinstance(rows, list):
             raise CalibrationError(f"calibration.path={path!r}: expected a JSON list of Alpaca records")
     else:
@@ -80,7 +87,7 @@ def jsonl_documents(path: str) -> list[str]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = _load_json(f"{path} line {lineno}", line)
             if "text" not in row:
                 raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
             docs.append(row["text"])

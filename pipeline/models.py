@@ -123,13 +123,27 @@ def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
         return conversion_manifest(m).fingerprint
     local = Path(m.source)
     if local.is_dir():
-        files = sorted(
-            (p.name, p.stat().st_size, p.stat().st_mtime_ns)
-            for p in local.iterdir()
-            if p.suffix in (".safetensors", ".bin", ".json")
-        )
-        return fingerprint({"local": str(local.resolve()), "files": files})
+        # Content, not location: a moved or re-synced copy of the same weights keeps its (costly) artifacts.
+        files = {}
+        for p in sorted(local.iterdir()):
+            if p.suffix == ".json":
+                files[p.name] = file_digest(p)[:16]
+            elif p.suffix == ".safetensors":
+                files[p.name] = f"{p.stat().st_size}:{_safetensors_header_digest(p)}"
+            elif p.suffix == ".bin":
+                files[p.name] = str(p.stat().st_size)
+        return fingerprint({"local": files})
     return fingerprint({"hub": m.source, "revision": m.revision})
+
+
+def _safetensors_header_digest(path: Path) -> str:
+    """Digest of a safetensors header (tensor names, dtypes, shapes, offsets): cheap even for 70B shards."""
+    import hashlib
+    import struct
+
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        return hashlib.sha256(f.read(size)).hexdigest()[:16]
 
 
 def _from_pretrained_kwargs(cfg: Any) -> dict[str, Any]:

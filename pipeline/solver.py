@@ -94,6 +94,19 @@ def _quadratic_error(corr: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return (diff * (corr @ diff)).sum()
 
 
+def _qk_score_dropped(q_energy: Tensor, k_energy: Tensor, qk_index: Tensor, heads: HeadLayout) -> Tensor:
+    """Fraction of the CR score mass (the score the selection ranks by: per column, or per RoPE pair) dropped."""
+    cq = q_energy.reshape(heads.num_kv_heads, heads.group_size, -1).sum(1)
+    ck = k_energy
+    index = qk_index.to(cq.device)
+    if heads.rope:
+        half = heads.head_dim // 2
+        cq, ck = cq[:, :half] + cq[:, half:], ck[:, :half] + ck[:, half:]
+        index = index[:, : index.shape[1] // 2]
+    score = (cq * ck).clamp_min(0).sqrt()
+    return 1.0 - score.gather(1, index).sum() / score.sum()
+
+
 def _vo_energy(corr: Tensor, dense: DenseLayer, group: int) -> Tensor:
     """Σ_h ‖C^{1/2} W_V,group(h) W_O,h‖²: the value-output module's output energy."""
     gram_v = dense.v.transpose(1, 2) @ corr @ dense.v  # [n_kv, d_H, d_H]
@@ -118,8 +131,7 @@ def solve_modegpt_layer(
 
     qk_index = cr_select(stats["q_energy"], stats["k_energy"], plan.qk_dim, heads.rope)
     group = heads.group_size
-    score = (stats["q_energy"].reshape(heads.num_kv_heads, group, -1).sum(1) * stats["k_energy"]).clamp_min(0).sqrt()
-    qk_dropped = 1.0 - score.gather(1, qk_index.to(score.device)).sum() / score.sum()
+    qk_dropped = _qk_score_dropped(stats["q_energy"], stats["k_energy"], qk_index, heads)
 
     vo = vo_svd(attn_corr, dense.v, dense.o, plan.v_dim, settings.eig_floor)
     vo_error = vo_residual(attn_corr, dense.v, dense.o, vo) / max(float(_vo_energy(attn_corr, dense, group)), 1e-300)

@@ -22,6 +22,7 @@ from pipeline.artifacts import (
     ArtifactError,
     ArtifactPaths,
     Manifest,
+    artifact_state,
     prepare_output,
     require_complete,
     write_manifest,
@@ -50,8 +51,13 @@ def expected_manifest(cfg: Any, tokens_fingerprint: str) -> Manifest:
 
 def _rank_world() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            # Collectives stage their buffers on the current device: each rank must own its GPU first.
+            local = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+            torch.cuda.set_device(local)
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local))
+        else:
+            dist.init_process_group(backend="gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -76,19 +82,21 @@ def run(cfg: Any) -> Path:
     expected = expected_manifest(cfg, tokens_manifest.fingerprint)
     store = CorrelationStore(paths.store)
     lock = FileLock(str(paths.store) + ".lock")
-    if rank == 0:
-        paths.store.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise ArtifactError(f"another capture is writing {paths.store} (lock {lock.lock_file} is held)") from None
     try:
-        action = prepare_output(paths.store, expected, cfg.overwrite and rank == 0) if rank == 0 else None
+        # Rank 0 decides; the others learn the decision (or the error) instead of waiting on a collective.
+        decision: tuple[str, str] = ("ok", "")
+        if rank == 0:
+            try:
+                decision = ("ok", _start(cfg, paths, expected, lock))
+            except ArtifactError as e:
+                decision = ("error", str(e))
         if world > 1:
-            box = [action]
+            box = [decision]
             dist.broadcast_object_list(box, src=0)
-            action = box[0]
-        if action == "skip":
+            decision = box[0]
+        if decision[0] == "error":
+            raise ArtifactError(decision[1])
+        if decision[1] == "skip":
             log.info("reusing correlation store %s (complete, fingerprint %s)", paths.store, expected.fingerprint)
             return paths.store
         _capture(cfg, paths, store, expected, input_ids, rank, world)
@@ -96,6 +104,20 @@ def run(cfg: Any) -> Path:
     finally:
         if rank == 0 and lock.is_locked:
             lock.release()
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _start(cfg: Any, paths: ArtifactPaths, expected: Manifest, lock: FileLock) -> str:
+    """'skip' for a complete, current store (no lock needed: concurrent jobs may share it), else lock it."""
+    if not cfg.overwrite and artifact_state(paths.store, expected) == "complete":
+        return "skip"
+    paths.store.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ArtifactError(f"another capture is writing {paths.store} (lock {lock.lock_file} is held)") from None
+    return prepare_output(paths.store, expected, cfg.overwrite)
 
 
 def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: Manifest,

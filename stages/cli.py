@@ -41,6 +41,10 @@ def _stages() -> dict[str, Callable[[Any], Any]]:
 def run_all(cfg: Any) -> None:
     """Every stage in order; each skips itself when its artifact is complete and current."""
     for name, stage in _stages().items():
+        if cfg.compression.method == "weight_svd" and name in ("assemble", "evaluate", "report"):
+            log.info("compression.method=weight_svd is a solve-only baseline (benchmarks/quality.py evaluates it): "
+                     "stopping after solve")
+            return
         log.info("== stage %s ==", name)
         stage(cfg)
 

@@ -33,14 +33,6 @@ log = logging.getLogger(__name__)
 STAGE = "evaluate"
 VERSION = "evaluate-1"
 METRICS = "metrics.json"
-EVAL_KEYS = ("tasks", "limit", "batch_size", "num_fewshot", "offline", "average_metric", "seed", "perplexity",
-             "wikitext_path", "perplexity_max_windows", "perplexity_batch_size")
-
-
-def _eval_config(cfg: Any) -> dict[str, Any]:
-    e = cfg.eval
-    conf = {k: (list(e[k]) if k == "tasks" else e[k]) for k in EVAL_KEYS}
-    return conf | {"seq_len": cfg.model.max_seq_len, "dtype": cfg.model.dtype}
 
 
 def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: Path) -> dict[str, Any]:
@@ -76,7 +68,7 @@ def _write(target: Path, manifest: Manifest, metrics: dict[str, Any]) -> None:
 
 def evaluate_dense(cfg: Any) -> dict[str, Any]:
     paths = ArtifactPaths(cfg)
-    expected = Manifest(stage=STAGE, code_version=VERSION, config=_eval_config(cfg),
+    expected = Manifest(stage=STAGE, code_version=VERSION, config=paths.eval_config(),
                         inputs={"model": model_fingerprint(cfg, paths.dense_model)})
     target = paths.dense_evaluation
     if prepare_output(target, expected, cfg.overwrite) == "skip":
@@ -100,7 +92,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     dense = evaluate_dense(cfg)
     ckpt = checkpoint_dir(cfg, rate)
     ckpt_manifest = read_json(ckpt / "manifest.json")
-    expected = Manifest(stage=STAGE, code_version=VERSION, config=_eval_config(cfg),
+    expected = Manifest(stage=STAGE, code_version=VERSION, config=paths.eval_config(),
                         inputs={"checkpoint": ckpt_manifest["fingerprint"]})
     target = paths.evaluation(rate)
     if prepare_output(target, expected, cfg.overwrite) == "skip":

@@ -6,18 +6,25 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ArtifactPaths, prepare_output
-from pipeline.models import conversion_manifest, convert_gguf
+from pipeline.artifacts import COMPLETE, ArtifactPaths, Manifest, prepare_output, write_manifest
+from pipeline.models import CONVERT_VERSION, conversion_manifest, convert_gguf, model_fingerprint
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Any) -> Path | None:
+def run(cfg: Any) -> Path:
     paths = ArtifactPaths(cfg)
-    if cfg.model.source_kind != "gguf_package":
-        log.info("model.source=%s is loaded by from_pretrained directly: nothing to prepare", cfg.model.source)
-        return None
     target = paths.dense_model
+    if cfg.model.source_kind != "gguf_package":
+        # Nothing to convert, but the stage still records which weights later stages derive from (and gives
+        # DVC an output to depend on).
+        manifest = Manifest(stage="prepare", code_version=CONVERT_VERSION, config={"source": cfg.model.source},
+                            inputs={"model": model_fingerprint(cfg, target)}, status=COMPLETE)
+        if prepare_output(target, manifest, cfg.overwrite) != "skip":
+            target.mkdir(parents=True, exist_ok=True)
+            write_manifest(target, manifest)
+        log.info("model.source=%s is loaded by from_pretrained directly: nothing to convert", cfg.model.source)
+        return target
     action = prepare_output(target, conversion_manifest(cfg.model), cfg.overwrite)
     if action == "skip":
         log.info("reusing the converted dense model at %s", target)

@@ -20,7 +20,7 @@ def _rows(paths: ArtifactPaths) -> list[dict[str, Any]]:
     dense = paths.dense_evaluation / "metrics.json"
     if dense.exists():
         rows.append(read_json(dense) | {"tag": "dense", "method": "dense", "allocation": ""})
-    for metrics in sorted((paths.model_root / paths.calibration_key / "eval").glob("*/metrics.json")):
+    for metrics in sorted(paths.evaluation().parent.glob("*/metrics.json")):  # this eval config's results
         rows.append(read_json(metrics) | {"tag": metrics.parent.name})
     return rows
 
@@ -30,6 +30,13 @@ def _series_name(row: dict[str, Any]) -> str:
         return row["method"]
     return f"modegpt-{row['allocation']} (eps {row['temperature']:g})" if row["allocation"] == "bi" else \
         f"modegpt-{row['allocation']}"
+
+
+def _task_score(entry: dict[str, Any], average_metric: str | None) -> float:
+    """The per-task figure the average is made of: acc_norm where reported (unless averaging plain acc)."""
+    if average_metric != "acc" and entry.get("acc_norm") is not None:
+        return entry["acc_norm"]
+    return entry["acc"]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -47,7 +54,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r.get('achieved_block_rate', 0.0):.1%}",
             f"{r['params'] / 1e6:.1f}M",
             f"{r['wikitext2']['perplexity']:.2f}" if "wikitext2" in r else "",
-            *[f"{100 * (zs[t].get('acc_norm') or zs[t]['acc']):.1f}" if t in zs else "" for t in tasks],
+            *[f"{100 * _task_score(zs[t], zs.get('average_metric')):.1f}" if t in zs else "" for t in tasks],
             f"{100 * zs['average']:.2f}" if "average" in zs else "",
             f"{r['retention']:.1%}" if "retention" in r else "",
         ]

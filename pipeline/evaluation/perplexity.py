@@ -27,7 +27,9 @@ def wikitext2_test_text(path: str | Path | None = None) -> tuple[str, str]:
         rows = candidate.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
         return "\n\n".join(f"{row}\n" for row in rows if row), f"local:{candidate.resolve()}"
     if path:
-        raise FileNotFoundError(f"eval.wikitext_path={str(path)!r} does not exist: expected wiki.test.raw")
+        from pipeline.models import AssetError
+
+        raise AssetError(f"eval.wikitext_path={str(path)!r} does not exist: expected a local wiki.test.raw")
     from datasets import load_dataset
 
     rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]

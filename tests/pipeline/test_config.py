@@ -69,3 +69,16 @@ def test_cli_reports_bad_input_in_one_line(override: str, needle: str) -> None:
 def test_cli_rejects_unknown_stage() -> None:
     proc = subprocess.run([sys.executable, "-m", "stages.cli", "compile"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "unknown stage 'compile'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["eval.num_fewshot=5"], "eval.num_fewshot"),  # offline tasks ship no training split for shots
+        (["eval.tasks=[boolq]"], "eval.tasks"),  # the default calibration text is BoolQ's validation passages
+        (["eval.tasks=[mmlu]"], "eval.tasks"),
+    ],
+)
+def test_eval_settings_that_cannot_work_are_refused_up_front(overrides: list[str], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        validate(compose_config(overrides))

@@ -35,3 +35,21 @@ def test_unprepared_model_and_missing_package_are_clear_errors(tmp_path: Path) -
         model_location(cfg, tmp_path / "nothing")
     with pytest.raises(AssetError, match="asset package 'llm_smollm3' is not installed"):
         gguf_path("llm_smollm3", "x.gguf")
+
+
+def test_local_model_fingerprint_follows_content_not_location(tmp_path: Path, tiny_model_dirs) -> None:
+    import shutil
+
+    from conftest import tiny_overrides
+
+    from pipeline.models import model_fingerprint
+
+    copy = tmp_path / "moved"
+    shutil.copytree(tiny_model_dirs["llama"], copy)
+    original = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
+    moved = compose_config(tiny_overrides(tmp_path, copy, "llama"))
+    assert model_fingerprint(original, tmp_path) == model_fingerprint(moved, tmp_path)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_model_dirs["opt"], other)
+    assert model_fingerprint(compose_config(tiny_overrides(tmp_path, other, "llama")), tmp_path) != \
+        model_fingerprint(original, tmp_path)

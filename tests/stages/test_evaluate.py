@@ -36,3 +36,19 @@ def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> 
     evaluate.run(cfg)  # current: reused
     assert (target / "manifest.json").stat().st_mtime_ns == stamp
     assert read_manifest(target).config["limit"] == 3
+
+
+def test_eval_configs_live_side_by_side(tmp_path, tiny_model_dirs) -> None:
+    base = tiny_overrides(tmp_path, tiny_model_dirs["opt"], "opt")
+    quick = ArtifactPaths(compose_config([*base, "eval.limit=3"]))
+    full = ArtifactPaths(compose_config([*base, "eval.limit=null"]))
+    assert quick.dense_evaluation != full.dense_evaluation and quick.evaluation() != full.evaluation()
+    assert quick.evaluation().name == full.evaluation().name  # same compressed model, another eval config
+
+
+def test_prepare_records_a_hub_or_local_model(tmp_path, tiny_model_dirs) -> None:
+    from stages import prepare
+
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
+    target = prepare.run(cfg)
+    assert read_manifest(target).inputs["model"] and read_manifest(target).status == "complete"
