@@ -44,3 +44,42 @@ def tiny_cfg(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dirs: di
     cfg = compose_config(tiny_overrides(tmp_path / "outputs", tiny_model_dirs[family], family))
     validate(cfg)
     return cfg
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+_KILL_SCRIPT = """
+import importlib, os, signal
+from conftest import compose_config
+owner = importlib.import_module({module!r})
+*parents, name = {attr!r}.split(".")
+for parent in parents:
+    owner = getattr(owner, parent)
+original = getattr(owner, name)
+calls = []
+def wrapper(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == {on_call} and not {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    out = original(*args, **kwargs)
+    if len(calls) == {on_call} and {after}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return out
+setattr(owner, name, wrapper)
+importlib.import_module("stages.{stage}").run(compose_config({overrides!r}))
+"""
+
+
+def run_killed(stage: str, module: str, attr: str, overrides: list[str], on_call: int = 1, after: bool = True) -> int:
+    """Run a stage in a child process that SIGKILLs itself around the ``on_call``-th call of ``module.attr``.
+
+    SIGKILL runs no cleanup (no ``finally``, no atexit), like a killed job; returns the exit code (-9).
+    """
+    import os
+    import subprocess
+    import sys
+
+    script = _KILL_SCRIPT.format(module=module, attr=attr, on_call=on_call, after=after, stage=stage,
+                                 overrides=list(overrides))
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
+    return subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, timeout=300).returncode

@@ -1,13 +1,10 @@
 """Assemble stage: rate 0 reproduces the dense model; saved == in-memory; refusals; kill -9 and rerun."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, run_killed, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
@@ -79,20 +76,8 @@ def test_kill_during_assemble_then_rerun_is_byte_identical(tmp_path, tiny_model_
     ref = _solved(tmp_path / "ref", tiny_model_dirs["opt"], "opt", 0.25)
     killed = _solved(tmp_path / "killed", tiny_model_dirs["opt"], "opt", 0.25)
     ref_dir = assemble.run(compose_config(ref))
-    script = f"""
-import os, signal
-from conftest import compose_config
-import stages.assemble as a
-original = a.save_compressed
-def save_then_die(model, tokenizer, directory, **k):
-    original(model, tokenizer, directory, **k)
-    os.kill(os.getpid(), signal.SIGKILL)
-a.save_compressed = save_then_die
-a.run(compose_config({killed!r}))
-"""
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == -9
+    # dies right after the checkpoint files are written, before the directory is renamed into place
+    assert run_killed("assemble", "stages.assemble", "save_compressed", killed) == -9
     cfg = compose_config(killed)
     target = ArtifactPaths(cfg).checkpoint()
     assert not target.exists()  # nothing half-written in place

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, run_killed, tiny_overrides
 from filelock import FileLock
 
 from pipeline.adapters import adapter_for
@@ -89,32 +89,13 @@ def test_rerun_on_finished_store_does_nothing(tiny_cfg) -> None:
     assert stamps == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 
 
-def _kill_script(cfg_overrides: list[str], kill_after_layer: int) -> str:
-    """A child process that dies by SIGKILL right after writing a given layer (no cleanup runs)."""
-    return f"""
-import os, signal
-from conftest import compose_config
-from pipeline.capture import store as store_mod
-from stages import capture
-original = store_mod.CorrelationStore.write_layer
-def write_then_die(self, layer, *a, **k):
-    original(self, layer, *a, **k)
-    if layer == {kill_after_layer}:
-        os.kill(os.getpid(), signal.SIGKILL)
-store_mod.CorrelationStore.write_layer = write_then_die
-capture.run(compose_config({cfg_overrides!r}))
-"""
-
-
 def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs) -> None:
     base = tiny_overrides(tmp_path / "a", tiny_model_dirs["llama"], "llama")
     other = tiny_overrides(tmp_path / "b", tiny_model_dirs["llama"], "llama")
     for o in (base, other):
         tokenize.run(compose_config(o))
     capture.run(compose_config(base))
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    proc = subprocess.run([sys.executable, "-c", _kill_script(other, 0)], env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == -9
+    assert run_killed("capture", "pipeline.capture.store", "CorrelationStore.write_layer", other) == -9
     cfg_b = compose_config(other)
     records = sorted(p.name for p in (ArtifactPaths(cfg_b).store / "layers").glob("*.json"))
     assert records == ["00000.json"]

@@ -1,14 +1,11 @@
 """Solve stage: plan and factors from the store only; resume after kill -9; refusal of foreign inputs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, run_killed, tiny_overrides
 from safetensors.torch import load_file
 
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest
@@ -77,24 +74,8 @@ def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_di
     ref = _captured(tmp_path / "ref", tiny_model_dirs["llama"], "llama")
     killed = _captured(tmp_path / "killed", tiny_model_dirs["llama"], "llama")
     ref_dir = solve.run(compose_config(ref))
-    script = f"""
-import os, signal
-from conftest import compose_config
-from pipeline import solver
-original = solver.solve_modegpt_layer
-calls = []
-def solve_then_die(*a, **k):
-    calls.append(1)
-    if len(calls) == 2:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return original(*a, **k)
-import stages.solve as s
-s.solve_modegpt_layer = solve_then_die
-s.run(compose_config({killed!r}))
-"""
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, timeout=300)
-    assert proc.returncode == -9
+    # dies as the second layer starts solving: layer 0 is on disk, layer 1 is not
+    assert run_killed("solve", "stages.solve", "solve_modegpt_layer", killed, on_call=2, after=False) == -9
     cfg = compose_config(killed)
     out = ArtifactPaths(cfg).solve()
     assert sorted(p.name for p in (out / "layers").iterdir()) == ["00000.safetensors"]
