@@ -22,10 +22,12 @@ from hydra import compose, initialize_config_module
 from transformers import AutoModelForCausalLM
 
 import pipeline.modeling  # noqa: F401 - registers the compressed classes
+from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import register_configs, validate
+from pipeline.modeling import build_compressed_model
 from pipeline.models import load_model, resolve_device, torch_dtype
-from stages import assemble
+from stages import assemble, solve
 
 
 def _sync(device: torch.device) -> None:
@@ -96,6 +98,13 @@ def main() -> None:
     print(f"parameters: dense {params['dense'] / 1e6:.1f}M, compressed {params['compressed'] / 1e6:.1f}M "
           f"({1 - params['compressed'] / params['dense']:.1%} fewer)")
     probe = torch.randint(0, vocab, (1, 16), generator=gen).to(device)
+    # Round trip: the saved checkpoint reproduces the model built in memory from the solve artifact.
+    plans, solutions, _ = solve.load_solution(cfg)
+    rebuilt = build_compressed_model(dense, adapter_for(dense, cfg.model.family), plans, solutions).eval()
+    with torch.no_grad():
+        same = torch.equal(rebuilt(probe).logits, compressed(probe).logits)
+    print(f"saved checkpoint logits == in-memory build from the solve artifact: {same}")
+    del rebuilt
     layers = compressed.config.num_hidden_layers
     calls = sdpa_calls(compressed, probe)
     print(f"SDPA calls per forward: compressed {calls} for {layers} layers, dense {sdpa_calls(dense, probe)}")
