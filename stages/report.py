@@ -102,14 +102,15 @@ def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path)
         plan_path = paths.model_root / paths.calibration_key / "solve" / r["tag"] / "plan.json"
         if not plan_path.exists():
             continue
-        layers = read_json(plan_path)["layers"]
-        full = {k: max(p[k] for p in layers) for k in ("mlp_width", "qk_dim", "v_dim")}
+        plan = read_json(plan_path)
+        layers, dense = plan["layers"], plan["dense"]
         for ax, key in zip(axes, ("mlp_width", "qk_dim", "v_dim"), strict=True):
             label = f"{_series_name(r)} r={r['rate']:g}"
-            ax.plot(range(len(layers)), [p[key] for p in layers], marker=".", label=label)
-            ax.set_title(f"kept {key} per layer (max {full[key]})")
+            ax.plot(range(len(layers)), [p[key] / dense[key] for p in layers], marker=".", label=label)
+            ax.set_title(f"kept {key} per layer (of {dense[key]})")
             ax.set_xlabel("layer")
-    axes[0].set_ylabel("kept dimension")
+            ax.set_ylim(0, 1.05)
+    axes[0].set_ylabel("fraction of the dense dimension kept")
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(out) as tmp:

@@ -87,6 +87,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     phi = layer_sparsities(block_influence, _rate(cfg, rate), k.allocation, k.temperature, k.max_sparsity)
     plans = [plan_layer(float(p), shape, k.round_to) for p in phi]
     plan_doc = {"rate": _rate(cfg, rate), "allocation": k.allocation, "method": k.method,
+                "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
                 "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
