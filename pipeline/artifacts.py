@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,14 +226,19 @@ def require_complete(artifact_dir: str | os.PathLike[str], stage: str, what: str
     return found
 
 
-def prepare_output(artifact_dir: str | os.PathLike[str], expected: Manifest, overwrite: bool) -> str:
+def overwrites(overwrite: Collection[str], stage: str) -> bool:
+    """Whether ``overwrite`` (stage names, or ``all``) asks to recompute ``stage``'s artifacts."""
+    return stage in overwrite or "all" in overwrite
+
+
+def prepare_output(artifact_dir: str | os.PathLike[str], expected: Manifest, overwrite: Collection[str]) -> str:
     """Decide what a stage does with its output directory; returns 'skip', 'resume' or 'fresh'.
 
-    A mismatched artifact is never silently reused nor silently deleted: it needs ``overwrite=true``.
+    A mismatched artifact is never silently reused nor silently deleted: it needs ``overwrite=[<stage>]``.
     """
     state = artifact_state(artifact_dir, expected)
-    if overwrite and state != "missing":
-        log.info("overwrite=true: removing %s", artifact_dir)
+    if overwrites(overwrite, expected.stage) and state != "missing":
+        log.info("overwrite=[%s]: removing %s", expected.stage, artifact_dir)
         shutil.rmtree(artifact_dir)
         return "fresh"
     if state == "complete":
@@ -241,7 +246,7 @@ def prepare_output(artifact_dir: str | os.PathLike[str], expected: Manifest, ove
     if state == "mismatch":
         raise ArtifactError(
             f"{artifact_dir} was produced by a different job ({describe_mismatch(artifact_dir, expected)}); "
-            "remove it or rerun with overwrite=true"
+            f"remove it or rerun with overwrite=[{expected.stage}]"
         )
     if state == "partial":
         return "resume"

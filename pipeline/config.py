@@ -87,7 +87,8 @@ class Config:
     eval: EvalConfig = MISSING
     paths: PathsConfig = MISSING
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    overwrite: bool = False  # recompute artifacts even when a current one exists
+    # Stages whose artifacts are recomputed even when current or foreign, e.g. [solve, assemble]; [all] for every one.
+    overwrite: list[str] = field(default_factory=list)
     verify_store: bool = True  # check per-layer checksums when reading a correlation store
 
 
@@ -161,6 +162,9 @@ def validate(cfg: DictConfig | Config) -> None:
     for task in e.tasks:
         _check(not e.offline or task in known_tasks, "eval.tasks", list(e.tasks),
                "tasks among " + ", ".join(known_tasks) + " (or eval.offline=false for lm-eval's stock tasks)")
+    stages = ("prepare", "tokenize", "capture", "solve", "assemble", "evaluate", "all")
+    for name in cfg.overwrite:
+        _check(name in stages, "overwrite", list(cfg.overwrite), "a list of stage names among " + ", ".join(stages))
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "auto, cpu, cuda or cuda:N")
 

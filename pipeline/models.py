@@ -110,7 +110,8 @@ def model_location(cfg: Any, dense_dir: Path) -> str:
             raise ArtifactError(f"dense model not prepared at {dense_dir}: run `modegpt prepare` first")
         if found.fingerprint != conversion_manifest(m).fingerprint:
             raise ArtifactError(
-                f"{dense_dir} was converted from another GGUF/package version: rerun `modegpt prepare overwrite=true`"
+                f"{dense_dir} was converted from another GGUF/package version: "
+                "rerun `modegpt prepare overwrite=[prepare]`"
             )
         return str(dense_dir)
     return m.source

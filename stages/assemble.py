@@ -72,5 +72,5 @@ def checkpoint_dir(cfg: Any, rate: float | None = None) -> Path:
     found = require_complete(target, STAGE, "compressed checkpoint")
     solve_manifest = require_complete(ArtifactPaths(cfg).solve(rate), "solve", "solve artifact")
     if found.fingerprint != expected_manifest(cfg, solve_manifest.fingerprint).fingerprint:
-        raise ArtifactError(f"{target} was assembled from another solve: rerun `modegpt assemble overwrite=true`")
+        raise ArtifactError(f"{target} was assembled from another solve: rerun `modegpt assemble overwrite=[assemble]`")
     return target

@@ -23,6 +23,7 @@ from pipeline.artifacts import (
     ArtifactPaths,
     Manifest,
     artifact_state,
+    overwrites,
     prepare_output,
     require_complete,
     write_manifest,
@@ -110,7 +111,7 @@ def run(cfg: Any) -> Path:
 
 def _start(cfg: Any, paths: ArtifactPaths, expected: Manifest, lock: FileLock) -> str:
     """'skip' for a complete, current store (no lock needed: concurrent jobs may share it), else lock it."""
-    if not cfg.overwrite and artifact_state(paths.store, expected) == "complete":
+    if not overwrites(cfg.overwrite, STAGE) and artifact_state(paths.store, expected) == "complete":
         return "skip"
     paths.store.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -165,6 +166,6 @@ def open_store(cfg: Any) -> tuple[CorrelationStore, Manifest]:
     if found.fingerprint != expected.fingerprint:
         raise ArtifactError(
             f"correlation store {paths.store} was captured for another model or calibration "
-            f"(fingerprint {found.fingerprint} != {expected.fingerprint}): rerun `modegpt capture overwrite=true`"
+            f"(fingerprint {found.fingerprint} != {expected.fingerprint}): rerun `modegpt capture overwrite=[capture]`"
         )
     return CorrelationStore(paths.store), found

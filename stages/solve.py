@@ -92,7 +92,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
         if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
-            raise ArtifactError(f"{target / PLAN} differs from the recomputed plan: rerun with overwrite=true")
+            raise ArtifactError(f"{target / PLAN} differs from the recomputed plan: rerun with overwrite=[solve]")
         log.info("resuming solve in %s", target)
     else:
         write_manifest(target, expected)
@@ -160,7 +160,7 @@ def load_solution(cfg: Any, rate: float | None = None) -> tuple[list[LayerPlan],
     _, store_manifest = open_store(cfg)
     if found.fingerprint != expected_manifest(cfg, store_manifest.fingerprint, rate).fingerprint:
         raise ArtifactError(f"solve artifact {target} was produced for another model, store or solver config: "
-                            "rerun `modegpt solve overwrite=true`")
+                            "rerun `modegpt solve overwrite=[solve]`")
     plan_doc = read_json(target / PLAN)
     plans = [LayerPlan(**p) for p in plan_doc["layers"]]
     if plan_doc["method"] != "modegpt":

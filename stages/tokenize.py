@@ -92,7 +92,7 @@ def load_tokens(cfg: Any) -> tuple[torch.Tensor, Manifest]:
     if found.fingerprint != expected.fingerprint:
         raise ArtifactError(
             f"calibration tokens at {paths.tokens} do not match this config (model or calibration changed): "
-            "rerun `modegpt tokenize overwrite=true`"
+            "rerun `modegpt tokenize overwrite=[tokenize]`"
         )
     ids = load_file(str(paths.tokens / TOKENS_FILE))["input_ids"]
     c = cfg.calibration

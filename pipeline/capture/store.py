@@ -85,7 +85,7 @@ class CorrelationStore:
             rec = read_json(p)
             if rec.get("fingerprint") != fingerprint:
                 raise ArtifactError(f"{p} was written by another capture job (fingerprint {rec.get('fingerprint')} "
-                                    f"!= {fingerprint}): remove {self.path} or rerun with overwrite=true")
+                                    f"!= {fingerprint}): remove {self.path} or rerun with overwrite=[capture]")
             done.append(int(rec["layer"]))
         return done
 
@@ -107,10 +107,10 @@ class CorrelationStore:
                 a = np.asarray(group[name][layer])
             except Exception as e:  # a truncated chunk fails to decode
                 raise ArtifactError(f"{self.zarr_path}/{name} layer {layer} is unreadable ({e}): the chunk is "
-                                    "corrupted; rerun `modegpt capture overwrite=true`") from e
+                                    "corrupted; rerun `modegpt capture overwrite=[capture]`") from e
             if verify and _digest(a) != digest:
                 raise ArtifactError(f"{self.zarr_path}/{name} layer {layer} does not match its checksum: the chunk is "
-                                    "corrupted; rerun `modegpt capture overwrite=true`")
+                                    "corrupted; rerun `modegpt capture overwrite=[capture]`")
             out[name] = torch.from_numpy(a)
         return out
 

@@ -34,18 +34,20 @@ def test_fingerprint_is_order_independent_and_sensitive() -> None:
 def test_states_and_prepare_output(tmp_path: Path) -> None:
     d = tmp_path / "art"
     m = _manifest(rate=0.1)
-    assert artifact_state(d, m) == "missing" and prepare_output(d, m, overwrite=False) == "fresh"
+    assert artifact_state(d, m) == "missing" and prepare_output(d, m, overwrite=[]) == "fresh"
     d.mkdir()
     write_manifest(d, m)
-    assert prepare_output(d, m, overwrite=False) == "resume"
+    assert prepare_output(d, m, overwrite=[]) == "resume"
     m.status = COMPLETE
     write_manifest(d, m)
-    assert prepare_output(d, m, overwrite=False) == "skip"
+    assert prepare_output(d, m, overwrite=[]) == "skip"
     other = _manifest(rate=0.2)
     with pytest.raises(ArtifactError, match="rate: 0.1 != 0.2"):
-        prepare_output(d, other, overwrite=False)
+        prepare_output(d, other, overwrite=[])
     assert d.exists()  # refused, nothing deleted
-    assert prepare_output(d, other, overwrite=True) == "fresh" and not d.exists()
+    with pytest.raises(ArtifactError, match=r"overwrite=\[demo\]"):
+        prepare_output(d, other, overwrite=["solve"])  # only the named stages are recomputed
+    assert prepare_output(d, other, overwrite=["demo"]) == "fresh" and not d.exists()
 
 
 def test_require_complete_refuses_missing_foreign_and_partial(tmp_path: Path) -> None:

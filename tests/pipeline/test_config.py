@@ -38,6 +38,7 @@ def test_paper_calibration_is_one_override_away() -> None:
         ("calibration.num_samples=0", "calibration.num_samples"),
         ("calibration.source=books", "calibration.source"),
         ("device=tpu", "device"),
+        ("overwrite=[capture,bogus]", "overwrite"),
     ],
 )
 def test_bad_values_fail_validation_naming_the_key(override: str, key: str) -> None:

@@ -58,5 +58,5 @@ def test_local_jsonl_source_and_stale_refusal(tmp_path: Path, tiny_model_dirs) -
     data.write_text(data.read_text() + '\n{"text": "more"}')  # the source changed under the artifact
     with pytest.raises(ArtifactError, match="do not match this config"):
         tokenize.load_tokens(cfg)
-    with pytest.raises(ArtifactError, match="overwrite=true"):
+    with pytest.raises(ArtifactError, match=r"overwrite=\[tokenize\]"):
         tokenize.run(cfg)
