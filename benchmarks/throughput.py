@@ -48,7 +48,8 @@ def prefill_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
 def decode_seconds(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
     _sync(prompt.device)
     start = time.perf_counter()
-    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+    model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, use_cache=True)
     _sync(prompt.device)
     return time.perf_counter() - start
 
