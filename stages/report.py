@@ -82,7 +82,13 @@ def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log
     ax.set_xlabel("target compression rate (decoder-block parameters removed)")
     ax.set_ylabel(ylabel)
     if log_y:
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
