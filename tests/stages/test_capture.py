@@ -1,6 +1,7 @@
 """Capture: store values equal a naive full-forward computation; resume, refusal, corruption, locking, DDP."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -165,7 +166,10 @@ def test_two_gloo_ranks_equal_single_process(tmp_path: Path, tiny_model_dirs) ->
         tokenize.run(compose_config(o))
     capture.run(compose_config(single))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+    with socket.socket() as sock:  # a free port, so parallel or repeated runs never collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
            "-m", "stages.cli", "capture", *ddp]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
