@@ -90,12 +90,18 @@ def test_rerun_on_finished_store_does_nothing(tiny_cfg) -> None:
     assert stamps == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 
 
+def _captured_and_twin(tmp_path: Path, model_dir: Path) -> tuple[list[str], list[str]]:
+    """Two identical jobs in separate roots, both tokenized; the first one captured (the reference)."""
+    reference = tiny_overrides(tmp_path / "reference", model_dir, "llama")
+    twin = tiny_overrides(tmp_path / "twin", model_dir, "llama")
+    for overrides in (reference, twin):
+        tokenize.run(compose_config(overrides))
+    capture.run(compose_config(reference))
+    return reference, twin
+
+
 def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs) -> None:
-    base = tiny_overrides(tmp_path / "a", tiny_model_dirs["llama"], "llama")
-    other = tiny_overrides(tmp_path / "b", tiny_model_dirs["llama"], "llama")
-    for o in (base, other):
-        tokenize.run(compose_config(o))
-    capture.run(compose_config(base))
+    base, other = _captured_and_twin(tmp_path, tiny_model_dirs["llama"])
     assert run_killed("capture", "pipeline.capture.store", "CorrelationStore.write_layer", other) == -9
     cfg_b = compose_config(other)
     records = sorted(p.name for p in (ArtifactPaths(cfg_b).store / "layers").glob("*.json"))
@@ -160,11 +166,7 @@ def test_a_held_lock_stops_a_second_capture(tmp_path: Path, tiny_model_dirs) -> 
 
 
 def test_two_gloo_ranks_equal_single_process(tmp_path: Path, tiny_model_dirs) -> None:
-    single = tiny_overrides(tmp_path / "one", tiny_model_dirs["llama"], "llama")
-    ddp = tiny_overrides(tmp_path / "two", tiny_model_dirs["llama"], "llama")
-    for o in (single, ddp):
-        tokenize.run(compose_config(o))
-    capture.run(compose_config(single))
+    single, ddp = _captured_and_twin(tmp_path, tiny_model_dirs["llama"])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     with socket.socket() as sock:  # a free port, so parallel or repeated runs never collide
         sock.bind(("127.0.0.1", 0))
