@@ -74,6 +74,7 @@ def capture_layers(
                 out = adapter.run_block(block, h, block_kwargs[h.shape[0]])
                 collector.add_block_influence(h, out)
                 hidden[i] = out
+            collector.finish()
         _all_reduce(stats)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
