@@ -17,11 +17,10 @@ import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_module
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, read_manifest
-from pipeline.config import register_configs, validate
+from pipeline.config import compose_config, validate
 from pipeline.models import load_model, resolve_device
 from stages import capture, prepare, tokenize
 
@@ -46,10 +45,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    register_configs()
     with tempfile.TemporaryDirectory() as store_root:
-        with initialize_config_module(config_module="conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[*args.overrides, f"paths.store_root={store_root}"])
+        cfg = compose_config([*args.overrides, f"paths.store_root={store_root}"])
         validate(cfg)
         prepare.run(cfg)
         tokenize.run(cfg)

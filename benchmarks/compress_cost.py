@@ -15,10 +15,8 @@ import subprocess
 import sys
 import time
 
-from hydra import compose, initialize_config_module
-
 from pipeline.artifacts import ArtifactPaths, read_manifest
-from pipeline.config import register_configs
+from pipeline.config import compose_config
 
 
 def run_stage(stage: str, overrides: list[str]) -> tuple[float, float]:
@@ -50,10 +48,7 @@ def main() -> None:
         label = f"{stage} ({extra[0]})" if extra else stage
         rows.append((label, wall, peak))
         print(f"{label:32s} {wall:8.1f} s  peak RSS {peak:6.2f} GiB", flush=True)
-    register_configs()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=base)
-    paths = ArtifactPaths(cfg)
+    paths = ArtifactPaths(compose_config(base))
     store = read_manifest(paths.store)
     solve_second = read_manifest(paths.solve(args.rates[1]))
     print(f"\ncalibration {paths.calibration_key}; store {store.extra['bytes'] / 2**20:.0f} MiB, "

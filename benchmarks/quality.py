@@ -19,12 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_module
 from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, atomic_write_json, read_manifest
-from pipeline.config import register_configs, validate
+from pipeline.config import compose_config, validate
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
 from pipeline.modeling import build_compressed_model, count_parameters
 from pipeline.models import load_model, load_tokenizer
@@ -38,8 +37,7 @@ METHODS = {  # name -> compression overrides
 
 
 def compose_cfg(overrides: list[str]):
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     validate(cfg)
     return cfg
 
@@ -70,7 +68,6 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. calibration=paper")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    register_configs()
     base = list(args.overrides)
     cfg = compose_cfg(base)
     for stage in (prepare, tokenize, capture):

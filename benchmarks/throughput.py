@@ -18,13 +18,12 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from hydra import compose, initialize_config_module
 from transformers import AutoModelForCausalLM
 
 import pipeline.modeling  # noqa: F401 - registers the compressed classes
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
-from pipeline.config import register_configs, validate
+from pipeline.config import compose_config, validate
 from pipeline.modeling import build_compressed_model
 from pipeline.models import load_model, resolve_device, torch_dtype
 from stages import assemble, solve
@@ -82,9 +81,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    register_configs()
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args.overrides)
+    cfg = compose_config(args.overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
     ckpt = assemble.checkpoint_dir(cfg)

@@ -167,3 +167,12 @@ def validate(cfg: DictConfig | Config) -> None:
         _check(name in stages, "overwrite", list(cfg.overwrite), "a list of stage names among " + ", ".join(stages))
     dev = str(cfg.device)
     _check(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "device", dev, "auto, cpu, cuda or cuda:N")
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The job config for ``overrides``, composed from the packaged ``conf/`` as the CLI does (not validated)."""
+    from hydra import compose, initialize_config_module
+
+    register_configs()
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))

@@ -58,7 +58,8 @@ def gguf_path(package: str, filename: str) -> Path:
     return path
 
 
-def _package_version(package: str) -> str:
+def package_version(package: str) -> str:
+    """Installed version of a distribution (import or distribution name), or 'unknown'."""
     try:
         return metadata.version(package.replace("_", "-"))
     except metadata.PackageNotFoundError:
@@ -76,7 +77,7 @@ def conversion_manifest(model_cfg: Any) -> Manifest:
         stage="prepare",
         code_version=CONVERT_VERSION,
         config={"source": model_cfg.source, "gguf_file": model_cfg.gguf_file},
-        inputs={"gguf": f"{_package_version(model_cfg.source)}:{_cached_digest(path)}"},
+        inputs={"gguf": f"{package_version(model_cfg.source)}:{_cached_digest(path)}"},
         status=COMPLETE,
     )
 

@@ -69,10 +69,10 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _device(cfg: Any, rank: int, world: int) -> torch.device:
+def _device(cfg: Any, world: int) -> torch.device:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and world > 1 and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())  # set per rank in _rank_world
     return device
 
 
@@ -146,7 +146,7 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
             _barrier(world)
 
         capture_layers(
-            adapter, input_ids[rank::world], sink, _device(cfg, rank, world), cfg.calibration.batch_size, start
+            adapter, input_ids[rank::world], sink, _device(cfg, world), cfg.calibration.batch_size, start
         )
     if rank == 0:
         expected.status = COMPLETE

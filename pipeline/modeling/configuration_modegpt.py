@@ -32,6 +32,10 @@ class ModeGPTConfigMixin:
     # --- per-family knowledge, overridden below ---------------------------------------------------
     uses_rope = False
 
+    def __post_init__(self, **kwargs) -> None:
+        super().__post_init__(**kwargs)  # the family's own config (next in the MRO) first
+        self._resolve_modegpt_fields()
+
     def dense_mlp_width(self) -> int:
         raise NotImplementedError
 
@@ -100,10 +104,6 @@ class ModeGPTLlamaConfig(ModeGPTConfigMixin, LlamaConfig):
     def dense_bias(self) -> bool:
         return bool(self.attention_bias)
 
-    def __post_init__(self, **kwargs) -> None:
-        super().__post_init__(**kwargs)
-        self._resolve_modegpt_fields()
-
 
 class ModeGPTOPTConfig(ModeGPTConfigMixin, OPTConfig):
     """OPT: LayerNorm, ReLU MLP, learned positions, multi-head attention, biases everywhere (enable_bias)."""
@@ -115,7 +115,3 @@ class ModeGPTOPTConfig(ModeGPTConfigMixin, OPTConfig):
 
     def dense_bias(self) -> bool:
         return bool(self.enable_bias)
-
-    def __post_init__(self, **kwargs) -> None:
-        super().__post_init__(**kwargs)
-        self._resolve_modegpt_fields()
