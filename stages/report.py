@@ -62,13 +62,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
+def _figure(ncols: int = 1, size: tuple[float, float] = (6, 4), **kwargs: Any) -> tuple[Any, Any]:
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt.subplots(1, ncols, figsize=size, **kwargs)
+
+
+def _save(fig: Any, out: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
+    fig, ax = _figure()
     dense = [r for r in rows if r["method"] == "dense" and value(r) is not None]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
@@ -91,19 +104,11 @@ def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log
         ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    fig, axes = _figure(3, (13, 3.8), sharey=True)
     for r in sorted((r for r in rows if r["method"] == "modegpt"), key=lambda r: (_series_name(r), r["rate"])):
         plan_path = paths.model_root / paths.calibration_key / "solve" / r["tag"] / "plan.json"
         if not plan_path.exists():
@@ -118,10 +123,7 @@ def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path)
             ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("fraction of the dense dimension kept")
     axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def run(cfg: Any) -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -77,18 +78,12 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         log.info("reusing solve artifact %s", target)
         return target
     k = cfg.compression
+    target_rate = _rate(cfg, rate)
     device = resolve_device(cfg.device)
     model = load_model(cfg, paths.dense_model)
     adapter = adapter_for(model, cfg.model.family)
-    shape, heads, num_layers = adapter.block_shape(), adapter.head_layout(), adapter.num_layers
-
-    scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens")) for i in range(num_layers)]
-    block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
-    phi = layer_sparsities(block_influence, _rate(cfg, rate), k.allocation, k.temperature, k.max_sparsity)
-    plans = [plan_layer(float(p), shape, k.round_to) for p in phi]
-    plan_doc = {"rate": _rate(cfg, rate), "allocation": k.allocation, "method": k.method,
-                "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
-                "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
+    heads, num_layers = adapter.head_layout(), adapter.num_layers
+    plans, plan_doc = _plan(cfg, store, adapter, target_rate)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
         if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
@@ -101,7 +96,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     settings = SolverSettings(k.method, k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
     errors: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    for index in tqdm(range(num_layers), desc=f"solve r={_rate(cfg, rate):g}", unit="layer", disable=None):
+    for index in tqdm(range(num_layers), desc=f"solve r={target_rate:g}", unit="layer", disable=None):
         out = layer_file(target, index)
         if out.exists():
             errors.append(_layer_errors(out))
@@ -125,13 +120,12 @@ def run(cfg: Any, rate: float | None = None) -> Path:
 
     dense_block = adapter.block_linear_params()
     if k.method == "weight_svd":
-        kept_block = sum(t.numel() for i in range(num_layers) for t in load_file(str(layer_file(target, i))).values())
-        removed = dense_block - kept_block
+        removed = dense_block - sum(_stored_numel(layer_file(target, i)) for i in range(num_layers))
     else:
         removed = adapter.total_params() - expected_parameter_count(adapter, plans)
     expected.status = COMPLETE
     expected.extra = {
-        "target_rate": _rate(cfg, rate),
+        "target_rate": target_rate,
         "achieved_block_rate": removed / dense_block,
         "achieved_model_rate": removed / adapter.total_params(),
         "dense_params": adapter.total_params(),
@@ -141,8 +135,31 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     }
     write_manifest(target, expected)
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
-             _rate(cfg, rate), removed / dense_block, removed / adapter.total_params(), target)
+             target_rate, removed / dense_block, removed / adapter.total_params(), target)
     return target
+
+
+def _plan(cfg: Any, store: Any, adapter: Any, target_rate: float) -> tuple[list[LayerPlan], dict[str, Any]]:
+    """Per-layer sparsities (from the store's Block Influence sums) and kept widths, plus plan.json's content."""
+    k = cfg.compression
+    shape, heads = adapter.block_shape(), adapter.head_layout()
+    scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens"))
+               for i in range(adapter.num_layers)]
+    block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
+    phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, k.max_sparsity)
+    plans = [plan_layer(float(p), shape, k.round_to) for p in phi]
+    doc = {"rate": target_rate, "allocation": k.allocation, "method": k.method,
+           "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
+           "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
+    return plans, doc
+
+
+def _stored_numel(path: Path) -> int:
+    """Elements stored in a safetensors file, read from its header only."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
 
 
 def _layer_errors(path: Path) -> dict[str, float]:
