@@ -4,9 +4,8 @@ of this machine's measured matmul throughput.
     .venv/bin/python benchmarks/capture.py                       # default calibration (32 x 512)
     .venv/bin/python benchmarks/capture.py calibration=paper     # the paper's 128 x 2048
 
-The capture runs into a fresh temporary store (the pipeline's own store is untouched). FLOPs counted:
-forward = 2 x block linear parameters x tokens + causal attention (2 x T^2 x d per sequence and layer);
-correlations = 2 x tokens x (d^2 + D^2) per layer in FP64 (plus the small per-head energies, ignored).
+The capture runs into a fresh temporary store (the pipeline's own store is untouched). The FLOPs counted
+are those of ``benchmarks/flops.py``.
 """
 
 from __future__ import annotations
@@ -17,28 +16,13 @@ import tempfile
 import time
 
 import torch
+from flops import capture_flops, ideal_seconds, matmul_rate
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, read_manifest
 from pipeline.config import compose_config, validate
-from pipeline.models import load_model, resolve_device
+from pipeline.models import load_model, resolve_device, torch_dtype
 from stages import capture, prepare, tokenize
-
-
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Sustained FLOP/s of an n x n matmul in ``dtype`` (best of ``repeats``)."""
-    a = torch.randn(n, n, dtype=dtype, device=device)
-    b = torch.randn(n, n, dtype=dtype, device=device)
-    best = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 def main() -> None:
@@ -51,7 +35,8 @@ def main() -> None:
         prepare.run(cfg)
         tokenize.run(cfg)
         device = resolve_device(cfg.device)
-        fp32, fp64 = matmul_rate(torch.float32, device), matmul_rate(torch.float64, device)
+        dtype = cfg.model.dtype
+        model_rate, fp64 = matmul_rate(torch_dtype(dtype), device), matmul_rate(torch.float64, device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -65,10 +50,9 @@ def main() -> None:
         c = cfg.calibration
         tokens = c.num_samples * c.seq_len
         layers = adapter.num_layers
-        attention = layers * c.num_samples * 2 * c.seq_len**2 * shape.hidden_size
-        forward = 2 * adapter.block_linear_params() * tokens + attention
-        correlations = layers * 2 * tokens * (shape.hidden_size**2 + shape.intermediate_size**2)
-        ideal = forward / fp32 + correlations / fp64
+        forward, correlations = capture_flops(shape, adapter.block_linear_params(), layers, c.num_samples,
+                                              c.seq_len)
+        ideal = ideal_seconds([(forward, model_rate), (correlations, fp64)])
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         print(f"model {cfg.model.name}, calibration {c.num_samples} x {c.seq_len} = {tokens} tokens, "
@@ -78,8 +62,8 @@ def main() -> None:
               f"{tokens / manifest.extra['seconds']:.0f} tokens/s through the whole model")
         print(f"peak memory            {peak / 2**30:.2f} GiB ({'device' if device.type == 'cuda' else 'process RSS'})")
         print(f"store size             {manifest.extra['bytes'] / 2**20:.1f} MiB")
-        print(f"measured matmul rate   fp32 {fp32 / 1e9:.1f} GFLOP/s, fp64 {fp64 / 1e9:.1f} GFLOP/s")
-        print(f"work                   forward {forward / 1e12:.2f} TFLOP (fp32), correlations "
+        print(f"measured matmul rate   {dtype} {model_rate / 1e9:.1f} GFLOP/s, fp64 {fp64 / 1e9:.1f} GFLOP/s")
+        print(f"work                   forward {forward / 1e12:.2f} TFLOP ({dtype}), correlations "
               f"{correlations / 1e12:.2f} TFLOP (fp64)")
         print(f"achieved fraction      {ideal / manifest.extra['seconds']:.1%} of the measured matmul throughput")
 

@@ -5,6 +5,9 @@
 
 Runs into its own artifact root (``outputs/bench-cost``), so the first pass computes everything; the last
 row is a second compression rate given the cached capture, which is what every further rate costs.
+Capture and solve are also put against this machine's measured matmul throughput, with the FLOP counts
+of ``benchmarks/flops.py`` (``device=cuda`` among the overrides measures the GPU; peak GPU memory then
+comes from the stages' manifests).
 """
 
 from __future__ import annotations
@@ -14,9 +17,16 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
-from pipeline.artifacts import ArtifactPaths, read_manifest
+import torch
+from flops import capture_flops, ideal_seconds, matmul_rate, solve_flops
+
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import ArtifactPaths, Manifest, read_json, read_manifest
 from pipeline.config import compose_config
+from pipeline.models import load_model, resolve_device, torch_dtype
+from pipeline.plan import LayerPlan
 
 
 def run_stage(stage: str, overrides: list[str]) -> tuple[float, float]:
@@ -48,16 +58,44 @@ def main() -> None:
         label = f"{stage} ({extra[0]})" if extra else stage
         rows.append((label, wall, peak))
         print(f"{label:32s} {wall:8.1f} s  peak RSS {peak:6.2f} GiB", flush=True)
-    paths = ArtifactPaths(compose_config(base))
+    cfg = compose_config(base)
+    paths = ArtifactPaths(cfg)
     store = read_manifest(paths.store)
-    solve_second = read_manifest(paths.solve(args.rates[1]))
+    solves = [read_manifest(paths.solve(rate)) for rate in args.rates]
     print(f"\ncalibration {paths.calibration_key}; store {store.extra['bytes'] / 2**20:.0f} MiB, "
           f"{store.extra['tokens']} tokens, capture layers {store.extra['seconds']:.1f} s; "
-          f"second rate solved in {solve_second.extra['seconds']:.1f} s of layer work without a forward pass")
+          f"second rate solved in {solves[1].extra['seconds']:.1f} s of layer work without a forward pass")
     print("\n| stage | wall time | peak RSS |\n|---|---|---|")
     for label, wall, peak in rows:
         print(f"| {label} | {wall:.1f} s | {peak:.2f} GiB |")
+    named = [("capture", store), *((f"solve r={r}", m) for r, m in zip(args.rates, solves, strict=True))]
+    for name, manifest in named:
+        if manifest.extra.get("peak_device_bytes"):
+            print(f"peak GPU memory, {name}: {manifest.extra['peak_device_bytes'] / 2**30:.2f} GiB")
+    print_achieved_fractions(cfg, paths, store, solves, args.rates)
 
+
+def print_achieved_fractions(cfg: Any, paths: ArtifactPaths, store: Manifest, solves: list[Manifest],
+                             rates: list[float]) -> None:
+    """Capture and solve layer time against the measured matmul throughput (FLOP model: benchmarks/flops.py)."""
+    device = resolve_device(cfg.device)
+    model_rate = matmul_rate(torch_dtype(cfg.model.dtype), device)
+    fp64 = matmul_rate(torch.float64, device)
+    adapter = adapter_for(load_model(cfg, paths.dense_model), cfg.model.family)
+    shape, c = adapter.block_shape(), cfg.calibration
+    forward, correlations = capture_flops(shape, adapter.block_linear_params(), adapter.num_layers,
+                                          c.num_samples, c.seq_len)
+    print(f"\nmeasured matmul rate on {device}: {cfg.model.dtype} {model_rate / 1e9:.1f} GFLOP/s, "
+          f"fp64 {fp64 / 1e9:.1f} GFLOP/s")
+    print("\n| stage | nominal work | layer time | at the measured rate | achieved fraction |\n|---|---|---|---|---|")
+    ideal = ideal_seconds([(forward, model_rate), (correlations, fp64)])
+    print(f"| capture | {forward / 1e12:.2f} TFLOP {cfg.model.dtype} + {correlations / 1e12:.2f} TFLOP fp64 | "
+          f"{store.extra['seconds']:.1f} s | {ideal:.1f} s | {ideal / store.extra['seconds']:.1%} |")
+    for rate, manifest in zip(rates, solves, strict=True):
+        plans = [LayerPlan(**p) for p in read_json(paths.solve(rate) / "plan.json")["layers"]]
+        work = solve_flops(shape, plans)
+        print(f"| solve r={rate} | {work / 1e12:.3f} TFLOP fp64 | {manifest.extra['seconds']:.1f} s | "
+              f"{work / fp64:.1f} s | {work / fp64 / manifest.extra['seconds']:.1%} |")
 
 if __name__ == "__main__":
     main()

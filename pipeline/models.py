@@ -36,6 +36,11 @@ def torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def peak_device_memory(device: torch.device) -> int | None:
+    """Peak bytes this process has allocated on a CUDA device (None on CPU, where RSS is the measure)."""
+    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

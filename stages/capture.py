@@ -30,7 +30,7 @@ from pipeline.artifacts import (
 )
 from pipeline.capture import CorrelationStore, stat_shapes
 from pipeline.capture.runner import capture_layers
-from pipeline.models import load_model, model_fingerprint, resolve_device
+from pipeline.models import load_model, model_fingerprint, peak_device_memory, resolve_device
 
 from .tokenize import load_tokens
 
@@ -151,7 +151,8 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
     if rank == 0:
         expected.status = COMPLETE
         expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,
-                          "seconds": round(time.perf_counter() - t0, 3), "bytes": store.nbytes()}
+                          "seconds": round(time.perf_counter() - t0, 3), "bytes": store.nbytes(),
+                          "peak_device_bytes": peak_device_memory(_device(cfg, world))}
         write_manifest(paths.store, expected)
         log.info("correlation store complete: %s (%.1f MiB)", paths.store, expected.extra["bytes"] / 2**20)
     _barrier(world)

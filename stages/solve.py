@@ -32,7 +32,7 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.modeling import expected_parameter_count
-from pipeline.models import load_model, resolve_device
+from pipeline.models import load_model, peak_device_memory, resolve_device
 from pipeline.plan import LayerPlan, LayerSolution
 from pipeline.solver import (
     DenseLayer,
@@ -94,26 +94,28 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         atomic_write_json(target / PLAN, plan_doc)
 
     settings = SolverSettings(k.method, k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
-    errors: list[dict[str, float]] = []
+    errors = {i: _layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
+    todo = [i for i in range(num_layers) if i not in errors]
+    # The next layer's sums load in the background while this one is solved (weight SVD needs none).
+    layer_sums = (((i, None) for i in todo) if settings.method == "weight_svd"
+                  else store.iter_layers(todo, verify=cfg.verify_store))
     t0 = time.perf_counter()
-    for index in tqdm(range(num_layers), desc=f"solve r={target_rate:g}", unit="layer", disable=None):
-        out = layer_file(target, index)
-        if out.exists():
-            errors.append(_layer_errors(out))
-            continue
+    bar = tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers, initial=len(errors),
+               disable=None)
+    for index, sums in bar:
         start = time.perf_counter()
         layer = adapter.layer(index)
-        if settings.method == "weight_svd":
+        if sums is None:
             tensors, err = solve_weight_svd_layer(layer, plans[index].sparsity, device), {}
         else:
-            stats = {n: t.to(device) for n, t in store.read_layer(index, verify=cfg.verify_store).items()}
+            stats = {n: t.to(device) for n, t in sums.items()}
             solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plans[index],
                                                 heads, settings)
             # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
             tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
-        with atomic_path(out) as tmp:
+        with atomic_path(layer_file(target, index)) as tmp:
             save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
-        errors.append(err)
+        errors[index] = err
         log.info("solve layer %d/%d: phi=%.3f mlp=%d qk=%d v=%d errors %s (%.2f s)", index + 1, num_layers,
                  plans[index].sparsity, plans[index].mlp_width, plans[index].qk_dim, plans[index].v_dim,
                  ", ".join(f"{n}={v:.4f}" for n, v in err.items()), time.perf_counter() - start)
@@ -130,8 +132,9 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         "achieved_model_rate": removed / adapter.total_params(),
         "dense_params": adapter.total_params(),
         "compressed_params": adapter.total_params() - removed,
-        "errors": errors,
+        "errors": [errors[i] for i in range(num_layers)],
         "seconds": round(time.perf_counter() - t0, 3),
+        "peak_device_bytes": peak_device_memory(device),
     }
     write_manifest(target, expected)
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",

@@ -46,8 +46,12 @@ class LayerStats:
         return {k: getattr(self, k) for k in STAT_NAMES}
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
 def _flat64(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1]).to(torch.float64)
+    return _flat(t).to(torch.float64)
 
 
 GRAM_BLOCK = 384  # column blocks of at least this width; up to 4 blocks
@@ -62,11 +66,13 @@ def gram_blocks(n: int) -> list[tuple[int, int]]:
 
 
 def add_gram_upper(acc: torch.Tensor, x: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
-    """acc += xᵀx on the upper block triangle only (see :func:`mirror_upper`)."""
+    """acc += xᵀx in FP64 on the upper block triangle only (see :func:`mirror_upper`); x is [tokens, n] in any
+    float dtype, converted block by block so no full FP64 copy is made besides the blocks themselves."""
     if len(blocks) == 1:
-        acc.addmm_(x.T, x)
+        x64 = x.to(torch.float64)
+        acc.addmm_(x64.T, x64)
         return
-    cols = [x[:, a:b].contiguous() for a, b in blocks]
+    cols = [x[:, a:b].to(torch.float64, memory_format=torch.contiguous_format) for a, b in blocks]
     for i, (a, b) in enumerate(blocks):
         for j in range(i, len(blocks)):
             c, d = blocks[j]
@@ -96,13 +102,12 @@ class LayerStatsCollector:
         ]
 
     def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
-        x = _flat64(args[0])
+        x = _flat(args[0])
         add_gram_upper(self.stats.attn_gram, x, self._attn_blocks)
         self.stats.tokens += x.shape[0]
 
     def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
-        h = _flat64(args[0])
-        add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks)
+        add_gram_upper(self.stats.mlp_gram, _flat(args[0]), self._mlp_blocks)
 
     def _query(self, module: Any, args: Any, out: torch.Tensor) -> None:
         # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,23 @@ class CorrelationStore:
                                     "corrupted; rerun `modegpt capture overwrite=[capture]`")
             out[name] = torch.from_numpy(a)
         return out
+
+    def iter_layers(self, layers: Iterable[int], verify: bool = True) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """(layer, sums) in order, the next layer read in a background thread while the caller works on this one.
+
+        Zarr decoding, checksums and file reads release the GIL, so a solve overlaps them with its own work;
+        at most two layers' sums are in memory at once.
+        """
+        order = list(layers)
+        if not order:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read") as pool:
+            pending = pool.submit(self.read_layer, order[0], verify)
+            for position, layer in enumerate(order):
+                sums = pending.result()
+                if position + 1 < len(order):
+                    pending = pool.submit(self.read_layer, order[position + 1], verify)
+                yield layer, sums
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.modegpt import mlp as mlp_module
 from pipeline.modegpt import (
     mlp_residual,
     nystrom_mlp,
@@ -38,6 +39,35 @@ def test_leverage_scores_match_naive_inverse() -> None:
     for lam in (0.01, 1.0, 10.0):
         naive = torch.diagonal(c @ torch.linalg.inv(c + lam * torch.eye(D_MLP, dtype=torch.float64)))
         assert torch.allclose(ridge_leverage_scores(c, lam), naive, rtol=1e-10, atol=1e-12)
+
+
+def _known_spectrum(evals: torch.Tensor, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """C = Q diag(e) Qᵀ with a random orthogonal Q, so exact scores follow from Q and e, not from C."""
+    q, _ = torch.linalg.qr(torch.randn(evals.numel(), evals.numel(), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return (q * evals) @ q.T, q
+
+
+def test_leverage_scores_match_eigendecomposition_form() -> None:
+    _, c, _ = _mlp()
+    for lam in (0.01, 1.0):
+        assert torch.allclose(ridge_leverage_scores(c, lam), mlp_module._leverage_from_eigh(c, lam), rtol=0, atol=1e-13)
+
+
+def test_leverage_scores_accurate_when_ill_conditioned() -> None:
+    evals = torch.logspace(-8, 2, D_MLP, dtype=torch.float64)
+    c, q = _known_spectrum(evals)
+    lam = 1e-6  # cond(C + λI) ~ 1e8
+    exact = (q.square() * (evals / (evals + lam))).sum(-1)
+    assert torch.allclose(ridge_leverage_scores(c, lam), exact, rtol=0, atol=1e-8)
+
+
+def test_leverage_scores_of_indefinite_rounding_fall_back() -> None:
+    evals = torch.linspace(-0.5, 2.0, D_MLP, dtype=torch.float64)  # negative beyond λ: Cholesky of C + λI fails
+    c, q = _known_spectrum(evals)
+    scores = ridge_leverage_scores(c, 0.1)
+    clipped = evals.clamp_min(0.0)
+    assert torch.allclose(scores, (q.square() * (clipped / (clipped + 0.1))).sum(-1), rtol=0, atol=1e-12)
 
 
 def test_leverage_scores_scale_invariant() -> None:

@@ -1,0 +1,54 @@
+"""The correlation store on its own: layer records, prefetching iteration, checksums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.artifacts import ArtifactError
+from pipeline.capture import CorrelationStore
+
+SHAPES = {"attn_gram": (6, 6), "mlp_gram": (10, 10), "tokens": ()}
+
+
+def _store(tmp_path: Path, layers: int = 4) -> tuple[CorrelationStore, list[dict[str, torch.Tensor]]]:
+    store = CorrelationStore(tmp_path / "store")
+    store.create_arrays(layers, SHAPES)
+    g = torch.Generator().manual_seed(0)
+    written = []
+    for layer in range(layers):
+        sums = {n: torch.randn(s, generator=g, dtype=torch.float64) for n, s in SHAPES.items()}
+        store.write_layer(layer, sums, fingerprint="job", seconds=0.0)
+        written.append(sums)
+    return store, written
+
+
+def test_iter_layers_yields_each_requested_layer_in_order(tmp_path: Path) -> None:
+    store, written = _store(tmp_path)
+    seen = list(store.iter_layers([3, 0, 2]))
+    assert [layer for layer, _ in seen] == [3, 0, 2]
+    for layer, sums in seen:
+        assert sums.keys() == written[layer].keys()
+        assert all(torch.equal(sums[n], written[layer][n]) for n in sums)
+    assert list(store.iter_layers([])) == []
+
+
+def test_iter_layers_refuses_a_corrupted_layer_when_reached(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path)
+    chunk = store.zarr_path / "mlp_gram" / "c" / "2" / "0" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[8] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    layers = store.iter_layers(range(4))
+    assert [next(layers)[0], next(layers)[0]] == [0, 1]  # layer 2 is read ahead, its error raised only here
+    with pytest.raises(ArtifactError, match="mlp_gram layer 2 does not match its checksum"):
+        next(layers)
+
+
+def test_unfinished_layer_is_refused(tmp_path: Path) -> None:
+    store = CorrelationStore(tmp_path / "store")
+    store.create_arrays(2, SHAPES)
+    with pytest.raises(ArtifactError, match="layer 1 .* was never completed"):
+        next(store.iter_layers([1]))
