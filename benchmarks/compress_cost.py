@@ -48,8 +48,12 @@ def main() -> None:
     parser.add_argument("--rates", type=float, nargs=2, default=[0.25, 0.3])
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    base = [f"calibration={args.calibration}", f"paths.root={args.root}", *args.overrides]
-    first, second = (f"compression.rate={r}" for r in args.rates)
+    measure_stages([f"calibration={args.calibration}", f"paths.root={args.root}", *args.overrides], args.rates)
+
+
+def measure_stages(base: list[str], rates: list[float]) -> None:
+    """Run prepare .. solve (two rates) in fresh processes for the config ``base`` and print their costs."""
+    first, second = (f"compression.rate={r}" for r in rates)
     plan = [("prepare", []), ("tokenize", []), ("capture", []), ("solve", [first]), ("assemble", [first]),
             ("solve", [second])]
     rows = []
@@ -61,18 +65,19 @@ def main() -> None:
     cfg = compose_config(base)
     paths = ArtifactPaths(cfg)
     store = read_manifest(paths.store)
-    solves = [read_manifest(paths.solve(rate)) for rate in args.rates]
-    print(f"\ncalibration {paths.calibration_key}; store {store.extra['bytes'] / 2**20:.0f} MiB, "
-          f"{store.extra['tokens']} tokens, capture layers {store.extra['seconds']:.1f} s; "
+    solves = [read_manifest(paths.solve(rate)) for rate in rates]
+    print(f"\nmodel {cfg.model.name}, calibration {paths.calibration_key}; "
+          f"store {store.extra['bytes'] / 2**20:.0f} MiB, {store.extra['tokens']} tokens, "
+          f"capture layers {store.extra['seconds']:.1f} s; "
           f"second rate solved in {solves[1].extra['seconds']:.1f} s of layer work without a forward pass")
     print("\n| stage | wall time | peak RSS |\n|---|---|---|")
     for label, wall, peak in rows:
         print(f"| {label} | {wall:.1f} s | {peak:.2f} GiB |")
-    named = [("capture", store), *((f"solve r={r}", m) for r, m in zip(args.rates, solves, strict=True))]
+    named = [("capture", store), *((f"solve r={r}", m) for r, m in zip(rates, solves, strict=True))]
     for name, manifest in named:
         if manifest.extra.get("peak_device_bytes"):
             print(f"peak GPU memory, {name}: {manifest.extra['peak_device_bytes'] / 2**30:.2f} GiB")
-    print_achieved_fractions(cfg, paths, store, solves, args.rates)
+    print_achieved_fractions(cfg, paths, store, solves, rates)
 
 
 def print_achieved_fractions(cfg: Any, paths: ArtifactPaths, store: Manifest, solves: list[Manifest],

@@ -28,7 +28,7 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
-from pipeline.capture import CorrelationStore, stat_shapes
+from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
 from pipeline.capture.runner import capture_layers
 from pipeline.models import load_model, model_fingerprint, peak_device_memory, resolve_device
 
@@ -139,15 +139,17 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
         log.info("resuming capture at layer %d/%d (%d layers already in %s)", start, num_layers, len(done), paths.store)
     t0 = time.perf_counter()
     if start < num_layers:
+        # Layer i is written in the background while layer i + 1 is captured (rank 0 writes).
+        with LayerWriter(store, fp) as writer:
 
-        def sink(layer: int, stats: dict[str, torch.Tensor], seconds: float) -> None:
-            if rank == 0:
-                store.write_layer(layer, stats, fp, seconds)
-            _barrier(world)
+            def sink(layer: int, stats: dict[str, torch.Tensor], seconds: float) -> None:
+                if rank == 0:
+                    writer.submit(layer, stats, seconds)
+                _barrier(world)
 
-        capture_layers(
-            adapter, input_ids[rank::world], sink, _device(cfg, world), cfg.calibration.batch_size, start
-        )
+            capture_layers(
+                adapter, input_ids[rank::world], sink, _device(cfg, world), cfg.calibration.batch_size, start
+            )
     if rank == 0:
         expected.status = COMPLETE
         expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,

@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,3 +135,38 @@ class CorrelationStore:
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
+
+
+class LayerWriter:
+    """Writes finished layers to a store in a background thread while the capture computes the next one.
+
+    Writes run one at a time, in order. ``submit`` first waits for the previous write and re-raises its error
+    (a full disk stops the capture at the next layer), so host memory holds at most one layer in flight.
+    A layer is complete only once its record is written, so a kill mid-write costs just that layer.
+    """
+
+    def __init__(self, store: CorrelationStore, fingerprint: str) -> None:
+        self._store = store
+        self._fingerprint = fingerprint
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-write")
+        self._pending: Future[None] | None = None
+
+    def submit(self, layer: int, stats: Mapping[str, torch.Tensor], seconds: float) -> None:
+        self.wait()
+        host = {name: t.detach().to("cpu", torch.float64) for name, t in stats.items()}  # frees the device copy
+        self._pending = self._pool.submit(self._store.write_layer, layer, host, self._fingerprint, seconds)
+
+    def wait(self) -> None:
+        """Block until the last submitted layer is on disk; re-raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> LayerWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.wait()  # even when the capture failed: a layer already computed is worth keeping
+        finally:
+            self._pool.shutdown()

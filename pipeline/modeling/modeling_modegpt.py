@@ -50,16 +50,30 @@ class ModeGPTGatedMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
+def kernel_width(qk_dim: int, v_dim: int, device: torch.device) -> int:
+    """The head width given to SDPA: its fused kernels (CPU flash, CUDA flash and memory-efficient) need equal
+    q/k and v widths, and CUDA's a multiple of 8; otherwise SDPA silently falls back to its math kernel, which
+    materialises every T x T score matrix (5x slower prefill attention on CPU at T = 512)."""
+    width = max(qk_dim, v_dim)
+    return -(-width // 8) * 8 if device.type == "cuda" else width
+
+
+def _pad_width(x: torch.Tensor, width: int) -> torch.Tensor:
+    return x if x.shape[-1] == width else F.pad(x, (0, width - x.shape[-1]))
+
+
 def _attend(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None, scale: float, dropout: float
 ) -> torch.Tensor:
     """One SDPA call; query [B, n_h, T, qk], key [B, n_kv, S, qk], value [B, n_kv, S, v] -> [B, n_h, T, v].
 
     ``mask`` is what the base model's ``create_causal_mask`` built (None, boolean or additive); None means
-    plain causal attention, which SDPA's ``is_causal`` aligns top-left, so it needs T == S.
+    plain causal attention, which SDPA's ``is_causal`` aligns top-left, so it needs T == S. With T > 1, q/k and
+    v are zero-padded to one :func:`kernel_width` (zero columns change no score, and padded output columns
+    are dropped), so the fused kernels run; a single decoding query gains nothing from that.
     """
     batch, n_h, q_len, _ = query.shape
-    n_kv, kv_len = key.shape[1], key.shape[2]
+    n_kv, kv_len, v_dim = key.shape[1], key.shape[2], value.shape[-1]
     groups = n_h // n_kv
     if mask is None and 1 < q_len < kv_len:
         mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
@@ -70,16 +84,20 @@ def _attend(
         out = F.scaled_dot_product_attention(
             query.reshape(batch, n_kv, groups, -1), key, value, attn_mask=mask, dropout_p=dropout, scale=scale
         )
-        return out.reshape(batch, n_h, 1, value.shape[-1])
+        return out.reshape(batch, n_h, 1, v_dim)
+    if q_len > 1:
+        width = kernel_width(query.shape[-1], v_dim, query.device)
+        query, key, value = (_pad_width(t, width) for t in (query, key, value))
     if groups > 1:
         if mask is None and key.shape[-1] == value.shape[-1]:
             extra["enable_gqa"] = True
         else:  # CUDA's fused kernels take GQA only without a mask and with equal q/v widths
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(
+    out = F.scaled_dot_product_attention(
         query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=is_causal, scale=scale, **extra
     )
+    return out if out.shape[-1] == v_dim else out[..., :v_dim]
 
 
 class ModeGPTAttention(nn.Module):

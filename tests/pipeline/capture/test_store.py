@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.artifacts import ArtifactError
-from pipeline.capture import CorrelationStore
+from pipeline.capture import CorrelationStore, LayerWriter
 
 SHAPES = {"attn_gram": (6, 6), "mlp_gram": (10, 10), "tokens": ()}
 
@@ -52,3 +52,28 @@ def test_unfinished_layer_is_refused(tmp_path: Path) -> None:
     store.create_arrays(2, SHAPES)
     with pytest.raises(ArtifactError, match="layer 1 .* was never completed"):
         next(store.iter_layers([1]))
+
+
+def test_layer_writer_writes_in_order_and_reraises_a_failed_write(tmp_path: Path, monkeypatch) -> None:
+    store = CorrelationStore(tmp_path / "store")
+    store.create_arrays(3, SHAPES)
+    sums = [{n: torch.full(s, float(i), dtype=torch.float64) for n, s in SHAPES.items()} for i in range(3)]
+    original = CorrelationStore.write_layer
+
+    def failing(self, layer, *args, **kwargs):
+        if layer == 1:
+            raise OSError(28, "No space left on device")
+        return original(self, layer, *args, **kwargs)
+
+    monkeypatch.setattr(CorrelationStore, "write_layer", failing)
+    with pytest.raises(OSError, match="No space left"), LayerWriter(store, "job") as writer:
+        writer.submit(0, sums[0], 0.0)
+        writer.submit(1, sums[1], 0.0)
+        writer.submit(2, sums[2], 0.0)  # raises here: layer 1's write failed, so layer 2 is never written
+    assert store.completed_layers("job") == [0]
+    monkeypatch.setattr(CorrelationStore, "write_layer", original)
+    with LayerWriter(store, "job") as writer:
+        for i in (1, 2):
+            writer.submit(i, sums[i], 0.0)
+    assert store.completed_layers("job") == [0, 1, 2]
+    assert [float(store.read_layer(i)["tokens"]) for i in range(3)] == [0.0, 1.0, 2.0]

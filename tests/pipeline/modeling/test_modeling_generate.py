@@ -61,3 +61,19 @@ def test_attention_kernel_paths_agree_with_a_plain_masked_softmax(q_len: int, v_
     torch.testing.assert_close(_attend(q, k, v, None, scale=0.25, dropout=0.0), want, atol=1e-5, rtol=1e-5)
     mask = keep.expand(batch, 1, q_len, kv_len)
     torch.testing.assert_close(_attend(q, k, v, mask, scale=0.25, dropout=0.0), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_prefill_with_unequal_qk_and_v_widths_runs_a_fused_kernel(masked: bool) -> None:
+    """Compression leaves q/k and v at different widths, for which SDPA would pick its slow math kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from pipeline.modeling.modeling_modegpt import _attend
+
+    q, k, v = torch.randn(2, 6, 9, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 6)
+    mask = torch.ones(9, 9, dtype=torch.bool).tril().expand(2, 1, 9, 9) if masked else None
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = _attend(q, k, v, mask, scale=0.25, dropout=0.0)
+    kernels = {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product_")}
+    assert kernels == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
+    assert out.shape == (2, 6, 9, 6)
