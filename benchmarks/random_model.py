@@ -6,14 +6,15 @@
         -- calibration.num_samples=4 calibration.seq_len=128                          # CPU smoke run
 
 The model (weights ~ N(0, 1/fan-in), the byte-level tokenizer of ``pipeline.tiny``) is written once under
-``--root``/models, then ``compress_cost.measure_stages`` runs each stage in a fresh process on it: wall
-time, peak memory, and the achieved fraction of measured matmul throughput. The weights are random, so
-only the costs mean anything; the quality of the result does not.
+``--root``/random-weights. Then ``compress_cost.measure_stages`` runs each stage on it in a fresh process
+and reports wall time, peak memory, and the achieved fraction of measured matmul throughput. The weights
+are random, so only the costs mean anything, not the quality of the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,24 @@ def parameter_count(config: Any) -> int:
         return sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
 
 
-def write_model(directory: Path, config: Any, seed: int) -> Path:
-    """The random model and tokenizer as a local HF folder; reused when it is already there (built atomically)."""
-    if (directory / "config.json").exists():
-        return directory
+def _write(directory: Path, config: Any, seed: int) -> None:
     with atomic_dir(directory) as tmp:
         random_model(config, seed=seed).save_pretrained(tmp)
         byte_tokenizer().save_pretrained(tmp)
+
+
+def write_model(directory: Path, config: Any, seed: int) -> Path:
+    """The random model and tokenizer as a local HF folder; reused when it is already there (built atomically).
+
+    Built in a spawned process: a stage forked from a parent that once held the weights would report the
+    parent's memory as its own peak RSS.
+    """
+    if not (directory / "config.json").exists():
+        builder = multiprocessing.get_context("spawn").Process(target=_write, args=(directory, config, seed))
+        builder.start()
+        builder.join()
+        if builder.exitcode != 0:
+            raise SystemExit(f"building the random model in {directory} failed (exit code {builder.exitcode})")
     return directory
 
 
@@ -84,7 +96,7 @@ def main() -> None:
     args = parser.parse_args()
     family, config = build_config(args.arch, args.layers)
     name = f"random-{args.arch}" + (f"-{args.layers}l" if args.layers else "")
-    directory = write_model(Path(args.root) / "models" / f"{name}-seed{args.seed}", config, args.seed)
+    directory = write_model(Path(args.root) / "random-weights" / f"{name}-seed{args.seed}", config, args.seed)
     print(f"{name}: {parameter_count(config) / 1e9:.2f}B parameters, {config.num_hidden_layers} blocks, at {directory}")
     model = [f"model.name={name}", f"model.family={family}", f"model.source={directory.resolve()}",
              "model.source_kind=hf", "model.gguf_file=null", "model.dtype=float32", "model.max_seq_len=2048"]
