@@ -16,6 +16,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -31,13 +32,16 @@ from pipeline.plan import LayerPlan
 
 def run_stage(stage: str, overrides: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS GiB) of ``modegpt <stage>`` in a fresh process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", stage, *overrides],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"modegpt {stage} failed:\n{proc.stderr.read().decode()[-3000:]}")
+    # The log goes to a file, not a pipe: a long GPU stage could fill a pipe nobody reads until it exits.
+    with tempfile.TemporaryFile() as log_file:
+        start = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "stages.cli", stage, *overrides],
+                                stdout=subprocess.DEVNULL, stderr=log_file)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        if os.waitstatus_to_exitcode(status) != 0:
+            log_file.seek(0)
+            raise SystemExit(f"modegpt {stage} failed:\n{log_file.read().decode(errors='replace')[-3000:]}")
     return wall, usage.ru_maxrss / 2**20  # ru_maxrss is KiB on Linux
 
 

@@ -2,10 +2,11 @@
 
 Capture: forward = 2 x block linear parameters x tokens + causal attention (2 x T^2 x d per sequence and
 layer) in the model dtype; correlations = 2 x tokens x (d^2 + D^2) per layer in FP64 (the small per-head
-energies are ignored). Solve, per layer in FP64, with textbook operation counts (Cholesky n^3/3, its
-inverse 2n^3/3, symmetric eigendecomposition with vectors ~9n^3): ridge leverage D^3, Nystrom refit
-2kDd + k^3/3 + 2k^2 d, its error 4D^2 d, C^1/2 and C^-1/2 9d^3 + 4d^3, whitened values 4 d^2 n_kv d_H.
-SVDs of d x d_H blocks are small and left out, so the solve fraction is a slight underestimate.
+energies are ignored). Solve, per layer in FP64, with textbook operation counts (Cholesky n^3/3, a triangular
+solve against n right-hand sides n^3, symmetric eigendecomposition with vectors ~9n^3): ridge leverage
+4/3 D^3, Nystrom refit 2kDd + k^3/3 + 2k^2 d, its error 4D^2 d, C^1/2 and C^-1/2 9d^3 + 4d^3, whitened
+values 4 d^2 n_kv d_H. SVDs of d x d_H blocks are small and left out, so the solve fraction is a slight
+underestimate.
 """
 
 from __future__ import annotations
@@ -19,20 +20,35 @@ from pipeline.adapters import BlockShape
 from pipeline.plan import LayerPlan
 
 
-def matmul_rate(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
-    """Sustained FLOP/s of an n x n matmul in ``dtype`` (best of ``repeats``)."""
+def matmul_rate(dtype: torch.dtype, device: torch.device, n: int | None = None, repeats: int = 5,
+                per_timing: int | None = None) -> float:
+    """Sustained FLOP/s of n x n matmuls in ``dtype``: the best of ``repeats`` timings of ``per_timing`` products.
+
+    On a GPU one 2048² product takes tens of microseconds, no more than the launch and sync around it, so
+    there the default is n = 8192, 10 products per timing, timed with CUDA events.
+    """
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 2048)
+    per_timing = per_timing or (10 if cuda else 1)
     a = torch.randn(n, n, dtype=dtype, device=device)
     b = torch.randn(n, n, dtype=dtype, device=device)
     best = float("inf")
-    for _ in range(repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+    for _ in range(repeats + 1):  # the first round warms up
+        if cuda:
+            start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start_event.record()
+            for _ in range(per_timing):
+                a @ b
+            end_event.record()
+            end_event.synchronize()
+            seconds = start_event.elapsed_time(end_event) / 1e3
+        else:
+            start = time.perf_counter()
+            for _ in range(per_timing):
+                a @ b
+            seconds = time.perf_counter() - start
+        best = min(best, seconds)
+    return 2 * n**3 * per_timing / best
 
 
 def capture_flops(shape: BlockShape, block_linear_params: int, layers: int, samples: int,
@@ -51,7 +67,7 @@ def solve_flops(shape: BlockShape, plans: Sequence[LayerPlan]) -> float:
     total = 0.0
     for plan in plans:
         k = plan.mlp_width
-        mlp = big_d**3 + 2 * k * big_d * d + k**3 / 3 + 2 * k**2 * d + 4 * big_d**2 * d
+        mlp = 4 * big_d**3 / 3 + 2 * k * big_d * d + k**3 / 3 + 2 * k**2 * d + 4 * big_d**2 * d
         value_output = 13 * d**3 + 4 * d**2 * heads.num_kv_heads * heads.head_dim
         total += mlp + value_output
     return total

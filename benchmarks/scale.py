@@ -58,8 +58,9 @@ def measure(name: str, samples: int, seq_len: int, batch: int, rate: float, dtyp
     # capture: one block + all hidden states + FP64 sums + one batch's activations (and their FP64 copies)
     capture = (block * dtype_bytes + tokens * d * dtype_bytes + per_layer_stats * 8
                + batch * seq_len * (D * (3 * dtype_bytes + 8) + d * 8) + non_block * dtype_bytes)
-    # solve: FP64 correlations + eigendecomposition workspace + the layer's weights in FP64
-    solve = (3 * (D * D + d * d)) * 8 + block * 8
+    # solve: the FP64 sums, their mean, a Cholesky factor and its inverse (ridge leverage; 4 D x D at once),
+    # plus the layer's weights in FP64
+    solve = (4 * (D * D + d * d)) * 8 + block * 8
     solve_out = layers * (k_mlp * d + heads.num_kv_heads * d * k_h + heads.num_heads * k_h * d + k_mlp) * 4
     compressed = total - layers * (block - shape.linear_params(k_mlp, k_h if not heads.rope else k_h - k_h % 2, k_h,
                                                                   adapter.bias_flags()))

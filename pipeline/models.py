@@ -37,8 +37,9 @@ def torch_dtype(name: str) -> torch.dtype:
 
 
 def peak_device_memory(device: torch.device) -> int | None:
-    """Peak bytes this process has allocated on a CUDA device (None on CPU, where RSS is the measure)."""
-    return int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    """Peak bytes this process's caching allocator reserved on a CUDA device: what the job needs the GPU to
+    have free (None on CPU, where RSS is the measure)."""
+    return int(torch.cuda.max_memory_reserved(device)) if device.type == "cuda" else None
 
 
 def resolve_device(name: str) -> torch.device:

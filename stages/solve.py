@@ -6,10 +6,12 @@ atomically as it finishes (``layers/NNNNN.safetensors``), so an interrupted solv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +84,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     device = resolve_device(cfg.device)
     model = load_model(cfg, paths.dense_model)
     adapter = adapter_for(model, cfg.model.family)
-    heads, num_layers = adapter.head_layout(), adapter.num_layers
+    num_layers = adapter.num_layers
     plans, plan_doc = _plan(cfg, store, adapter, target_rate)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
@@ -97,28 +99,14 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     errors = {i: _layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weight SVD needs none).
-    layer_sums = (((i, None) for i in todo) if settings.method == "weight_svd"
-                  else store.iter_layers(todo, verify=cfg.verify_store))
+    layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
+        ((i, None) for i in todo) if settings.method == "weight_svd"
+        else store.iter_layers(todo, verify=cfg.verify_store))
     t0 = time.perf_counter()
-    bar = tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers, initial=len(errors),
-               disable=None)
-    for index, sums in bar:
-        start = time.perf_counter()
-        layer = adapter.layer(index)
-        if sums is None:
-            tensors, err = solve_weight_svd_layer(layer, plans[index].sparsity, device), {}
-        else:
-            stats = {n: t.to(device) for n, t in sums.items()}
-            solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plans[index],
-                                                heads, settings)
-            # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
-            tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
-        with atomic_path(layer_file(target, index)) as tmp:
-            save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
-        errors[index] = err
-        log.info("solve layer %d/%d: phi=%.3f mlp=%d qk=%d v=%d errors %s (%.2f s)", index + 1, num_layers,
-                 plans[index].sparsity, plans[index].mlp_width, plans[index].qk_dim, plans[index].v_dim,
-                 ", ".join(f"{n}={v:.4f}" for n, v in err.items()), time.perf_counter() - start)
+    with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
+        for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
+                                initial=len(errors), disable=None):
+            errors[index] = _solve_layer(adapter, index, sums, plans[index], settings, device, target)
 
     dense_block = adapter.block_linear_params()
     if k.method == "weight_svd":
@@ -140,6 +128,27 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
              target_rate, removed / dense_block, removed / adapter.total_params(), target)
     return target
+
+
+def _solve_layer(adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
+                 settings: SolverSettings, device: torch.device, target: Path) -> dict[str, float]:
+    """Solve one layer and write its factors atomically; returns its reconstruction errors."""
+    start = time.perf_counter()
+    layer = adapter.layer(index)
+    if sums is None:
+        tensors, err = solve_weight_svd_layer(layer, plan.sparsity, device), {}
+    else:
+        stats = {n: t.to(device) for n, t in sums.items()}
+        heads = adapter.head_layout()
+        solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plan, heads, settings)
+        # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
+        tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
+    with atomic_path(layer_file(target, index)) as tmp:
+        save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
+    log.info("solve layer %d/%d: phi=%.3f mlp=%d qk=%d v=%d errors %s (%.2f s)", index + 1, adapter.num_layers,
+             plan.sparsity, plan.mlp_width, plan.qk_dim, plan.v_dim,
+             ", ".join(f"{n}={v:.4f}" for n, v in err.items()), time.perf_counter() - start)
+    return err
 
 
 def _plan(cfg: Any, store: Any, adapter: Any, target_rate: float) -> tuple[list[LayerPlan], dict[str, Any]]:

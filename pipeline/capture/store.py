@@ -28,7 +28,8 @@ RECORDS = "layers"
 
 
 def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:32]
+    # Hash the buffer in place: a copy would be one more 6 GiB array per 70B layer while reads overlap solves.
+    return hashlib.sha256(memoryview(np.ascontiguousarray(a)).cast("B")).hexdigest()[:32]
 
 
 ZARR = "correlations.zarr"

@@ -89,9 +89,12 @@ def _attend(
         width = kernel_width(query.shape[-1], v_dim, query.device)
         query, key, value = (_pad_width(t, width) for t in (query, key, value))
     if groups > 1:
-        if mask is None and key.shape[-1] == value.shape[-1]:
+        # CUDA's fused kernels take GQA only without a mask, at equal q/v widths, and in half precision
+        # (memory-efficient attention has no GQA; flash and cuDNN no fp32); CPU flash takes it in any dtype.
+        half = query.dtype in (torch.float16, torch.bfloat16)
+        if mask is None and key.shape[-1] == value.shape[-1] and (half or query.device.type != "cuda"):
             extra["enable_gqa"] = True
-        else:  # CUDA's fused kernels take GQA only without a mask and with equal q/v widths
+        else:
             key = key.repeat_interleave(groups, dim=1)
             value = value.repeat_interleave(groups, dim=1)
     out = F.scaled_dot_product_attention(
