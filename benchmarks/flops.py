@@ -2,11 +2,14 @@
 
 Capture: forward = 2 x block linear parameters x tokens + causal attention (2 x T^2 x d per sequence and
 layer) in the model dtype; correlations = 2 x tokens x (d^2 + D^2) per layer in FP64 (the small per-head
-energies are ignored). Solve, per layer in FP64, with textbook operation counts (Cholesky n^3/3, a triangular
-solve against n right-hand sides n^3, symmetric eigendecomposition with vectors ~9n^3): ridge leverage
-4/3 D^3, Nystrom refit 2kDd + k^3/3 + 2k^2 d, its error 4D^2 d, C^1/2 and C^-1/2 9d^3 + 4d^3, whitened
-values 4 d^2 n_kv d_H. SVDs of d x d_H blocks are small and left out, so the solve fraction is a slight
-underestimate.
+energies are ignored).
+
+Solve, per layer in FP64, with textbook operation counts (Cholesky n^3/3, the inverse from the factor
+2n^3/3, symmetric eigendecomposition with vectors ~9n^3):
+- ridge leverage D^3 (on CUDA one triangular solve does 4/3 D^3 instead, so the fraction reads low there);
+- Nystrom refit 2kDd + k^3/3 + 2k^2 d, and its error 4D^2 d;
+- C^1/2 and C^-1/2 9d^3 + 4d^3, whitened values 4 d^2 n_kv d_H.
+SVDs of d x d_H blocks are small and left out, so the solve fraction is a slight underestimate.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ def solve_flops(shape: BlockShape, plans: Sequence[LayerPlan]) -> float:
     total = 0.0
     for plan in plans:
         k = plan.mlp_width
-        mlp = 4 * big_d**3 / 3 + 2 * k * big_d * d + k**3 / 3 + 2 * k**2 * d + 4 * big_d**2 * d
+        mlp = big_d**3 + 2 * k * big_d * d + k**3 / 3 + 2 * k**2 * d + 4 * big_d**2 * d
         value_output = 13 * d**3 + 4 * d**2 * heads.num_kv_heads * heads.head_dim
         total += mlp + value_output
     return total

@@ -36,7 +36,7 @@ def _check_mlp(corr: Tensor, w_down: Tensor) -> None:
 def ridge_leverage_scores(corr: Tensor, ridge_lambda: float) -> Tensor:
     """s_i = [C (C + λI)⁻¹]_ii for the mean correlation C = HᵀH / N.
 
-    Computed as s_i = 1 − λ [(C + λI)⁻¹]_ii from a Cholesky factor L and L⁻¹: about 4/3 D³ flops against
+    Computed as s_i = 1 − λ [(C + λI)⁻¹]_ii from a Cholesky factor and its inverse: about D³ flops against
     roughly 9 D³ for an eigendecomposition, which dominated the solve (benchmarks/RESULTS.md). Both
     forms lose about ε·cond(C + λI) absolutely; on ill-conditioned tests the Cholesky form is the closer one
     (tests/pipeline/modegpt/test_mlp.py). If C is indefinite beyond λ (rounding), the factorisation fails and
@@ -51,12 +51,23 @@ def ridge_leverage_scores(corr: Tensor, ridge_lambda: float) -> Tensor:
     del shifted  # D x D FP64 each: at 70B scale (D = 28672) every copy is 6 GiB of device memory
     if int(info) != 0:
         return _leverage_from_eigh(corr, ridge_lambda)
-    # (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹, so its diagonal is the column sums of (L⁻¹)²; one triangular solve on every device
-    # (cholesky_inverse would be two on CUDA).
-    identity = torch.eye(chol.shape[0], dtype=F64, device=chol.device)
+    inverse_diag = _inverse_diagonal(chol, triangular_solve=chol.device.type != "cpu")
+    return (1.0 - ridge_lambda * inverse_diag).clamp(0.0, 1.0)
+
+
+def _inverse_diagonal(chol: Tensor, triangular_solve: bool) -> Tensor:
+    """diag((L Lᵀ)⁻¹) from the lower Cholesky factor L.
+
+    On CPU, LAPACK's potri (``cholesky_inverse``) inverts from the factor in 2/3 D³ flops. CUDA's
+    ``cholesky_inverse`` solves twice against the identity, so there one triangular solve does it:
+    (L Lᵀ)⁻¹ = L⁻ᵀ L⁻¹, whose diagonal is the column sums of (L⁻¹)² (8% slower than potri on CPU at D = 8192).
+    """
+    if not triangular_solve:
+        return torch.diagonal(torch.cholesky_inverse(chol))
+    identity = torch.eye(chol.shape[0], dtype=chol.dtype, device=chol.device)
     inverse_chol = torch.linalg.solve_triangular(chol, identity, upper=False)
     del identity
-    return (1.0 - ridge_lambda * inverse_chol.square().sum(dim=0)).clamp(0.0, 1.0)
+    return inverse_chol.square().sum(dim=0)
 
 
 def _leverage_from_eigh(corr: Tensor, ridge_lambda: float) -> Tensor:

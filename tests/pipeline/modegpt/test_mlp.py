@@ -54,6 +54,16 @@ def test_leverage_scores_match_eigendecomposition_form() -> None:
         assert torch.allclose(ridge_leverage_scores(c, lam), mlp_module._leverage_from_eigh(c, lam), rtol=0, atol=1e-13)
 
 
+def test_inverse_diagonal_paths_agree() -> None:
+    """The CPU path (potri) and the CUDA path (one triangular solve) give the same diagonal."""
+    _, c, _ = _mlp()
+    chol = torch.linalg.cholesky(c + 0.1 * torch.eye(D_MLP, dtype=torch.float64))
+    want = torch.diagonal(torch.linalg.inv(c + 0.1 * torch.eye(D_MLP, dtype=torch.float64)))
+    for triangular_solve in (False, True):
+        got = mlp_module._inverse_diagonal(chol, triangular_solve=triangular_solve)
+        assert torch.allclose(got, want, rtol=1e-10, atol=0)
+
+
 def test_leverage_scores_accurate_when_ill_conditioned() -> None:
     evals = torch.logspace(-8, 2, D_MLP, dtype=torch.float64)
     c, q = _known_spectrum(evals)

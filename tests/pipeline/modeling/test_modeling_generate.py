@@ -77,3 +77,12 @@ def test_prefill_with_unequal_qk_and_v_widths_runs_a_fused_kernel(masked: bool) 
     kernels = {e.key for e in prof.key_averages() if e.key.startswith("aten::_scaled_dot_product_")}
     assert kernels == {"aten::_scaled_dot_product_flash_attention_for_cpu"}
     assert out.shape == (2, 6, 9, 6)
+
+
+def test_kernel_width_is_one_width_for_q_k_and_v_and_a_multiple_of_8_on_cuda() -> None:
+    from pipeline.modeling.modeling_modegpt import kernel_width
+
+    assert kernel_width(44, 45, torch.device("cpu")) == 45
+    assert kernel_width(48, 40, torch.device("cpu")) == 48
+    assert kernel_width(44, 45, torch.device("cuda", 0)) == 48  # needs no GPU: only the device type is read
+    assert kernel_width(64, 64, torch.device("cuda")) == 64
