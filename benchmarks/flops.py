@@ -7,7 +7,7 @@ energies are ignored).
 Solve, per layer in FP64, with textbook operation counts (Cholesky n^3/3, the inverse from the factor
 2n^3/3, symmetric eigendecomposition with vectors ~9n^3):
 - ridge leverage D^3 (on CUDA one triangular solve does 4/3 D^3 instead, so the fraction reads low there);
-- Nystrom refit 2kDd + k^3/3 + 2k^2 d, and its error 4D^2 d;
+- C W_D once 2D^2 d (the Nystrom right-hand side is its rows J), refit k^3/3 + 2k^2 d, error 2kDd;
 - C^1/2 and C^-1/2 9d^3 + 4d^3, whitened values 4 d^2 n_kv d_H.
 SVDs of d x d_H blocks are small and left out, so the solve fraction is a slight underestimate.
 """
@@ -70,7 +70,7 @@ def solve_flops(shape: BlockShape, plans: Sequence[LayerPlan]) -> float:
     total = 0.0
     for plan in plans:
         k = plan.mlp_width
-        mlp = big_d**3 + 2 * k * big_d * d + k**3 / 3 + 2 * k**2 * d + 4 * big_d**2 * d
+        mlp = big_d**3 + 2 * big_d**2 * d + k**3 / 3 + 2 * k**2 * d + 2 * k * big_d * d
         value_output = 13 * d**3 + 4 * d**2 * heads.num_kv_heads * heads.head_dim
         total += mlp + value_output
     return total

@@ -88,10 +88,12 @@ def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
     )
 
 
-def _quadratic_error(corr: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """Tr((a - b)ᵀ C (a - b)) without forming anything wider than the weights."""
-    diff = a - b
-    return (diff * (corr @ diff)).sum()
+def _mlp_quadratic_error(corr: Tensor, w_down: Tensor, corr_down: Tensor, index: Tensor, new_down: Tensor) -> Tensor:
+    """Tr(Eᵀ C E) for E = W_D − P_J W_D' (P_J scatters rows into J), from C W_D and C_{:,J} W_D' only:
+    C E = C W_D − C_{:,J} W_D', so no D x D x d product beyond the one the caller already has."""
+    diff = w_down.clone()
+    diff[index] -= new_down
+    return (diff * (corr_down - corr[:, index] @ new_down)).sum()
 
 
 def _qk_score_dropped(q_energy: Tensor, k_energy: Tensor, qk_index: Tensor, heads: HeadLayout) -> Tensor:
@@ -123,11 +125,12 @@ def solve_modegpt_layer(
     mlp_corr = stats["mlp_gram"] / tokens
     attn_corr = stats["attn_gram"] / tokens
 
-    mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge)
-    refit = torch.zeros_like(dense.down)
-    refit[mlp.index] = mlp.w_down
-    mlp_energy = (dense.down * (mlp_corr @ dense.down)).sum()
-    mlp_error = _quadratic_error(mlp_corr, dense.down, refit) / mlp_energy
+    # C W_D serves three times: the Nyström right-hand side (its rows J), the MLP output energy, and the error.
+    corr_down = mlp_corr @ dense.down
+    mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge,
+                      corr_w=corr_down)
+    mlp_energy = (dense.down * corr_down).sum()
+    mlp_error = _mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
 
     qk_index = cr_select(stats["q_energy"], stats["k_energy"], plan.qk_dim, heads.rope)
     group = heads.group_size

@@ -77,9 +77,10 @@ def _leverage_from_eigh(corr: Tensor, ridge_lambda: float) -> Tensor:
     return (evecs.square() * shrink).sum(dim=-1)
 
 
-def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float) -> Tensor:
+def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float,
+                    corr_w: Tensor | None = None) -> Tensor:
     c_jj = corr[index][:, index]
-    rhs = corr[index] @ w_down
+    rhs = corr[index] @ w_down if corr_w is None else corr_w[index]
     if nystrom_ridge > 0.0:
         # Relative ridge: scale-free, and it keeps C_JJ solvable when D ≫ d makes it near-singular.
         scale = torch.diagonal(c_jj).mean().clamp_min(0.0)
@@ -93,11 +94,13 @@ def nystrom_mlp(
     keep: int,
     ridge_lambda: float = 1.0,
     nystrom_ridge: float = 1e-6,
+    corr_w: Tensor | None = None,
 ) -> MlpSolution:
     """Keep the `keep` intermediate columns with the top ridge leverage scores; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
 
     ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
-    (the ridge would otherwise perturb an exact solution).
+    (the ridge would otherwise perturb an exact solution). ``corr_w`` = C W_D, if the caller has it anyway
+    (the right-hand side C_J: W_D is then its rows J, not a second product).
     """
     _check_mlp(corr, w_down)
     full = corr.shape[0]
@@ -110,7 +113,8 @@ def nystrom_mlp(
     if keep == full:
         return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
     index = stable_top_indices(ridge_leverage_scores(c, ridge_lambda), keep)
-    return MlpSolution(index=index, w_down=_nystrom_update(c, w, index, nystrom_ridge))
+    corr_w = None if corr_w is None else as_f64(corr_w)
+    return MlpSolution(index=index, w_down=_nystrom_update(c, w, index, nystrom_ridge, corr_w))
 
 
 def nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float = 1e-6) -> Tensor:

@@ -1,0 +1,46 @@
+"""One layer's solve: the glue between adapters and the math, checked against direct formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.adapters import adapter_for
+from pipeline.modegpt import nystrom_mlp
+from pipeline.solver import DenseLayer, SolverSettings, plan_layer, solve_modegpt_layer
+from pipeline.tiny import random_model, tiny_config
+
+F64 = torch.float64
+
+
+def _psd(n: int, tokens: int, g: torch.Generator) -> torch.Tensor:
+    x = torch.randn(tokens, n, generator=g, dtype=F64) * torch.logspace(-1, 1, n, dtype=F64)
+    return x.T @ x
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_mlp_error_and_refit_match_the_direct_formulas(family: str) -> None:
+    adapter = adapter_for(random_model(tiny_config(family)), family)
+    shape, heads = adapter.block_shape(), adapter.head_layout()
+    g = torch.Generator().manual_seed(0)
+    tokens = 300
+    stats = {
+        "mlp_gram": _psd(shape.intermediate_size, tokens, g), "attn_gram": _psd(shape.hidden_size, tokens, g),
+        "q_energy": torch.rand(heads.num_heads, heads.head_dim, generator=g, dtype=F64),
+        "k_energy": torch.rand(heads.num_kv_heads, heads.head_dim, generator=g, dtype=F64),
+        "tokens": torch.tensor(float(tokens), dtype=F64),
+    }
+    dense = DenseLayer.from_layer(adapter.layer(1), heads, torch.device("cpu"))
+    plan = plan_layer(0.4, shape, round_to=1)
+    solution, errors = solve_modegpt_layer(stats, dense, plan, heads, SolverSettings())
+
+    corr = stats["mlp_gram"] / tokens
+    reference = nystrom_mlp(corr, dense.down, plan.mlp_width)  # right-hand side from its own product
+    assert torch.equal(solution.mlp_index, reference.index)
+    torch.testing.assert_close(solution.mlp_down, reference.w_down, rtol=1e-10, atol=1e-12)
+    refit = torch.zeros_like(dense.down)
+    refit[solution.mlp_index] = solution.mlp_down
+    diff = dense.down - refit
+    want = (diff * (corr @ diff)).sum() / (dense.down * (corr @ dense.down)).sum()
+    assert errors["mlp"] == pytest.approx(float(want), rel=1e-9)
+    assert 0.0 < errors["mlp"] < 1.0 and 0.0 <= errors["vo"] < 1.0
