@@ -11,37 +11,13 @@ Prints the kernel each one ran and its best time over --repeats calls.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+from timing import best_seconds, sdpa_kernels
 
 from pipeline.modeling.modeling_modegpt import _attend
-
-
-def kernels(fn: Callable[[], torch.Tensor], device: torch.device) -> list[str]:
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        fn()
-    return sorted({e.key.removeprefix("aten::_scaled_dot_product_") for e in prof.key_averages()
-                   if e.key.startswith("aten::_scaled_dot_product_")})
-
-
-def best_seconds(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def plain_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int, scale: float) -> torch.Tensor:
@@ -77,7 +53,8 @@ def main() -> None:
         torch.testing.assert_close(plain(), padded(), atol=1e-4, rtol=1e-3)
         cells = []
         for fn in (plain, padded):
-            cells += [", ".join(kernels(fn, device)), f"{best_seconds(fn, device, args.repeats) * 1e3:.2f}"]
+            milliseconds = best_seconds(fn, device, args.repeats) * 1e3
+            cells += [", ".join(sorted(sdpa_kernels(fn, device))), f"{milliseconds:.2f}"]
         print(f"| {qk} | {v} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from timing import best_seconds
 from torch.profiler import ProfilerActivity, profile
 
 from pipeline import solver
@@ -29,18 +30,6 @@ from stages.solve import _plan
 # (module, function) pairs timed inside one solve_modegpt_layer call.
 PARTS = [(mlp, "ridge_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
          (solver, "_mlp_quadratic_error"), (solver, "vo_residual"), (solver, "_vo_energy"), (solver, "cr_select")]
-
-
-def best_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def timed_parts(run: Callable[[], object]) -> dict[str, float]:

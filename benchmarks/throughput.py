@@ -18,6 +18,7 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
+from timing import sdpa_kernels, synchronize
 from transformers import AutoModelForCausalLM
 
 import pipeline.modeling  # noqa: F401 - registers the compressed classes
@@ -29,39 +30,28 @@ from pipeline.models import load_model, resolve_device, torch_dtype
 from stages import assemble, solve
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def prefill_seconds(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    _sync(ids.device)
+    synchronize(ids.device)
     start = time.perf_counter()
     model(ids, use_cache=False)
-    _sync(ids.device)
+    synchronize(ids.device)
     return time.perf_counter() - start
 
 
 @torch.no_grad()
 def decode_seconds(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> float:
-    _sync(prompt.device)
+    synchronize(prompt.device)
     start = time.perf_counter()
     model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                    min_new_tokens=new_tokens, do_sample=False, use_cache=True)
-    _sync(prompt.device)
+    synchronize(prompt.device)
     return time.perf_counter() - start
 
 
-def sdpa_kernels(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, int]:
-    """Which SDPA kernels one prefill forward runs, and how often (the math kernel is the slow fallback)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ids.device.type == "cuda" else [])
-    with profile(activities=activities) as prof, torch.no_grad():
-        model(ids, use_cache=False)
-    return {e.key.removeprefix("aten::_scaled_dot_product_"): e.count for e in prof.key_averages()
-            if e.key.startswith("aten::_scaled_dot_product_")}
+def prefill_kernels(model: torch.nn.Module, ids: torch.Tensor) -> dict[str, int]:
+    """SDPA kernels one prefill forward runs: one fused call per layer, no math-kernel fallback expected."""
+    return sdpa_kernels(partial(model, ids, use_cache=False), ids.device)
 
 
 def paired_medians(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -107,8 +97,8 @@ def main() -> None:
     print(f"saved checkpoint logits == in-memory build from the solve artifact: {same}")
     del rebuilt
     layers = compressed.config.num_hidden_layers
-    print(f"SDPA kernels per prefill forward ({layers} layers): compressed {sdpa_kernels(compressed, probe)}, "
-          f"dense {sdpa_kernels(dense, probe)}")
+    print(f"SDPA kernels per prefill forward ({layers} layers): compressed {prefill_kernels(compressed, probe)}, "
+          f"dense {prefill_kernels(dense, probe)}")
     print("\n| phase | batch | tokens | dense tok/s | compressed tok/s | speed-up |\n|---|---|---|---|---|---|")
     for batch in args.batch_sizes:
         for seq in args.seq_lens:
