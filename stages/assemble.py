@@ -25,7 +25,7 @@ from .solve import load_solution
 log = logging.getLogger(__name__)
 
 STAGE = "assemble"
-VERSION = "assemble-1"
+VERSION = "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24 renamed it)
 MAX_SHARD_SIZE = "5GB"
 
 

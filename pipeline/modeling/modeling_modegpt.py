@@ -13,11 +13,34 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 from transformers import LlamaForCausalLM, OPTForCausalLM
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
 
 from .configuration_modegpt import ModeGPTConfigMixin, ModeGPTLlamaConfig, ModeGPTOPTConfig
+
+# The transformers releases this code was tested with (pyproject's lower bound and the committed lock): the
+# classes reuse HF's decoder layers, whose calling convention for the KV cache changes between releases.
+TESTED_TRANSFORMERS = ("5.20.0", "5.24.0")
+
+
+class CacheNotFilledError(RuntimeError):
+    """The decoder layers did not hand the KV cache to the compressed attention (a transformers API change)."""
+
+
+def find_cache(kwargs: dict[str, Any]) -> Cache | None:
+    """The KV cache among the keyword arguments a decoder layer passes to its attention, found by type.
+
+    transformers has renamed this argument across releases (``past_key_value`` in 4.x, ``past_key_values`` up to
+    5.23, ``cache`` from 5.24); matching the public :class:`~transformers.cache_utils.Cache` type instead of a
+    name keeps working across such renames, and anything ambiguous raises instead of decoding without a cache.
+    """
+    found = {name: value for name, value in kwargs.items() if isinstance(value, Cache)}
+    if len(found) > 1:
+        raise CacheNotFilledError(f"the attention received several KV caches ({', '.join(found)})")
+    return next(iter(found.values()), None)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +130,9 @@ class ModeGPTAttention(nn.Module):
     """Attention with per-layer q/k width qk_dim and value/output rank v_dim per head, original 1/sqrt(d_H).
 
     Called with the keyword arguments of the base decoder layer (Llama: position_embeddings; OPT: none)
-    and returns (output, None) like the HF attention modules. K and V are cached at their own widths.
+    and returns (output, None) like the HF attention modules. K and V are cached at their own widths, in the
+    :class:`Cache` the layer passes (see :func:`find_cache`); ``cache_updates`` counts the updates so the model can
+    check that every layer filled the cache it returns.
     """
 
     def __init__(
@@ -115,6 +140,7 @@ class ModeGPTAttention(nn.Module):
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.cache_updates = 0
         self.num_heads, self.num_kv_heads, head_dim = config.head_counts()
         dims = config.dims(layer_idx)
         self.qk_dim, self.v_dim = dims["qk_dim"], dims["v_dim"]
@@ -150,7 +176,6 @@ class ModeGPTAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
-        past_key_values: Any | None = None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         batch, q_len, _ = hidden_states.shape
@@ -162,8 +187,10 @@ class ModeGPTAttention(nn.Module):
         value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.v_dim).transpose(1, 2)
         if self.rope_gather is not None:
             query, key = self._rope(query, key, position_embeddings)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
+        cache = find_cache(kwargs)
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+            self.cache_updates += 1
         out = _attend(
             query, key, value, attention_mask,
             scale=1.0 if self.prescale_query else self.scaling,
@@ -186,6 +213,26 @@ class ModeGPTModelMixin:
         for i, layer in enumerate(self._decoder_layers()):
             self._install_layer(layer, i)
         self.post_init()  # initialise the new modules like the rest (and re-tie embeddings)
+        self._compressed_attentions = [m for m in self.modules() if isinstance(m, ModeGPTAttention)]
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The base model's forward, then a check that every layer wrote the KV cache the output carries.
+
+        Decoding from a cache that some layer never filled gives wrong tokens silently (it happened when
+        transformers 5.24 renamed the argument): refuse it instead.
+        """
+        attentions = self._compressed_attentions
+        before = [a.cache_updates for a in attentions]
+        out = super().forward(*args, **kwargs)
+        values = out if isinstance(out, tuple) else [getattr(out, n, None) for n in ("cache", "past_key_values")]
+        cache = next((v for v in values if isinstance(v, Cache)), None)
+        if cache is not None and any(a.cache_updates == b for a, b in zip(attentions, before, strict=True)):
+            raise CacheNotFilledError(
+                f"transformers {transformers.__version__} did not pass the KV cache to the compressed attention "
+                f"(this checkpoint's code was tested with transformers {' to '.join(TESTED_TRANSFORMERS)}): "
+                "install a tested release, or reassemble the checkpoint with a current modegpt"
+            )
+        return out
 
     def _decoder_layers(self) -> nn.ModuleList:
         raise NotImplementedError

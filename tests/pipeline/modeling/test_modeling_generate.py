@@ -7,7 +7,8 @@ import torch
 from modeling_fixtures import COMPRESSED_DIMS, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
-from pipeline.modeling import build_compressed_model
+from pipeline.modeling import build_compressed_model, identity_solutions
+from pipeline.modeling.modeling_modegpt import CacheNotFilledError
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
@@ -26,6 +27,59 @@ def test_greedy_generation_with_and_without_cache(family: str, padded: bool) -> 
         uncached = model.generate(ids, use_cache=False, **kwargs)
     assert cached.shape == (2, 12)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cached_greedy_decoding_at_rate_0_equals_the_dense_transformers_model(family: str, padded: bool) -> None:
+    """A cache bug shows as a difference from transformers itself, not only from the uncached path."""
+    dense = make_dense(family)
+    adapter = adapter_for(dense)
+    model = build_compressed_model(dense, adapter, *identity_solutions(adapter))
+    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    if padded:
+        ids[0, :3], mask[0, :3] = 0, 0
+    kwargs = {"attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0,
+              "eos_token_id": None, "use_cache": True, "return_dict_in_generate": True, "output_logits": True}
+    with torch.no_grad():
+        want = dense.generate(ids, **kwargs)
+        got = model.generate(ids, **kwargs)
+    assert torch.equal(got.sequences, want.sequences)
+    # Tokens of a random tiny model hardly depend on context; every step's logits do.
+    for step, (a, b) in enumerate(zip(got.logits, want.logits, strict=True)):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=lambda m, step=step: f"step {step}: {m}")
+
+
+def test_a_cache_the_attention_never_fills_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a transformers release hands the cache over in a way the attention does not see, decoding must not
+    silently go on without it (the 5.24 rename produced garbage text that way)."""
+    from pipeline.modeling import modeling_modegpt
+
+    dense = make_dense("llama")
+    adapter = adapter_for(dense)
+    model = build_compressed_model(dense, adapter, *identity_solutions(adapter))
+    ids = torch.randint(3, 128, (1, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        model(ids, use_cache=False)  # no cache: nothing to check
+        monkeypatch.setattr(modeling_modegpt, "find_cache", lambda kwargs: None)
+        with pytest.raises(CacheNotFilledError, match="did not pass the KV cache"):
+            model(ids, use_cache=True)
+        with pytest.raises(CacheNotFilledError):
+            model(ids, use_cache=True, return_dict=False)
+
+
+def test_find_cache_matches_by_type_under_any_argument_name() -> None:
+    from transformers import DynamicCache
+
+    from pipeline.modeling.modeling_modegpt import find_cache
+
+    cache = DynamicCache()
+    for name in ("cache", "past_key_values", "past_key_value", "some_future_name"):
+        assert find_cache({name: cache, "use_cache": True}) is cache
+    assert find_cache({"use_cache": True}) is None
+    with pytest.raises(CacheNotFilledError, match="several"):
+        find_cache({"cache": cache, "past_key_values": DynamicCache()})
 
 
 def test_cache_holds_keys_and_values_at_their_own_widths() -> None:
