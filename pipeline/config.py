@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     name: str = MISSING  # short name used in artifact paths
-    family: str = MISSING  # adapter family: llama | opt
+    family: str = MISSING  # adapter family (pipeline.adapters registers them: llama, opt, phi3, qwen3)
     # Hub repo id, local directory, or (source_kind=gguf_package) a pip package shipping a GGUF file.
     source: str = MISSING
     source_kind: str = "hf"  # hf | gguf_package
@@ -44,7 +44,7 @@ class CalibrationConfig:
 
 @dataclass
 class CompressionConfig:
-    method: str = "modegpt"  # modegpt | weight_svd
+    method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
     allocation: str = "bi"  # bi (Block Influence) | uniform
@@ -92,11 +92,10 @@ class Config:
     verify_store: bool = True  # check per-layer checksums when reading a correlation store
 
 
-FAMILIES = ("llama", "opt")
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
-METHODS = ("modegpt", "weight_svd")
 ALLOCATIONS = ("bi", "uniform")
+TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
@@ -122,8 +121,12 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
+    # The registries decide the choices (imported here: they pull in torch, which composing a config needs not).
+    from pipeline.adapters import families
+    from pipeline.methods import METHODS
+
     m, c, k, e = cfg.model, cfg.calibration, cfg.compression, cfg.eval
-    _check_choice("model.family", m.family, FAMILIES)
+    _check_choice("model.family", m.family, families())
     _check_choice("model.source_kind", m.source_kind, SOURCE_KINDS)
     _check(m.source_kind != "gguf_package" or bool(m.gguf_file), "model.gguf_file", m.gguf_file,
            "a GGUF file name when model.source_kind=gguf_package")
@@ -135,7 +138,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.num_samples > 0, "calibration.num_samples", c.num_samples, "a positive integer")
     _check(c.seq_len > 1, "calibration.seq_len", c.seq_len, "an integer > 1")
     _check(c.batch_size > 0, "calibration.batch_size", c.batch_size, "a positive integer")
-    _check_choice("compression.method", k.method, METHODS)
+    _check_choice("compression.method", k.method, tuple(METHODS))
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:

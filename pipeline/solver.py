@@ -1,4 +1,4 @@
-"""One layer of MoDeGPT (or a baseline) from its dense weights and captured statistics.
+"""One layer of MoDeGPT from its dense weights and captured statistics, and the per-layer size plan.
 
 This is the glue between adapters (which know where the weights are) and the pure math in
 ``pipeline.modegpt``: it turns HF modules into X W-layout FP64 tensors, sums into means, and the math's
@@ -19,20 +19,16 @@ from pipeline.modegpt import (
     fold_value_bias,
     kept_dim,
     nystrom_mlp,
-    svd_rank_for_sparsity,
-    truncated_svd,
     uniform_sparsity,
     vo_residual,
     vo_svd,
 )
+from pipeline.modegpt._linalg import F64
 from pipeline.plan import LayerPlan, LayerSolution
-
-F64 = torch.float64
 
 
 @dataclass(frozen=True)
 class SolverSettings:
-    method: str = "modegpt"
     ridge_lambda: float = 1.0
     nystrom_ridge: float = 1e-6
     eig_floor: float = 1e-8
@@ -78,13 +74,35 @@ def layer_sparsities(block_influence: Tensor, target: float, allocation: str, te
     return bi_sparsity(block_influence, target, temperature, max_sparsity)
 
 
+def module_weight_params(shape: BlockShape) -> dict[str, int]:
+    """Weight parameters of each module of a dense block: Type-I (MLP), Type-II (q, k), Type-III (v, o)."""
+    full, head = shape.intermediate_size, shape.heads.head_dim
+    return {"mlp": shape.linear_params(full, 0, 0, {}), "qk": shape.linear_params(0, head, 0, {}),
+            "vo": shape.linear_params(0, 0, head, {})}
+
+
+def module_sparsity(sparsity: float, shape: BlockShape) -> float:
+    """The sparsity of the modules the family lets MoDeGPT cut, such that the block still loses ``sparsity`` of
+    its weights when the other modules stay at full width (the plain layer sparsity when every module is cut)."""
+    params = module_weight_params(shape)
+    cut = sum(n for m, n in params.items() if m in shape.compressible)
+    if cut == sum(params.values()):
+        return float(sparsity)
+    return min(float(sparsity) * sum(params.values()) / max(cut, 1), 1.0)
+
+
 def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
     heads = shape.heads
+    phi = module_sparsity(sparsity, shape)
+
+    def cut(module: str) -> float:
+        return phi if module in shape.compressible else 0.0
+
     return LayerPlan(
         sparsity=float(sparsity),
-        mlp_width=kept_dim(shape.intermediate_size, sparsity, multiple=round_to),
-        qk_dim=kept_dim(heads.head_dim, sparsity, multiple=2 if heads.rope else 1, minimum=2 if heads.rope else 1),
-        v_dim=kept_dim(heads.head_dim, sparsity),
+        mlp_width=kept_dim(shape.intermediate_size, cut("mlp"), multiple=round_to),
+        qk_dim=kept_dim(heads.head_dim, cut("qk"), multiple=2 if heads.rope else 1, minimum=2 if heads.rope else 1),
+        v_dim=kept_dim(heads.head_dim, cut("vo")),
     )
 
 
@@ -149,17 +167,3 @@ def solve_modegpt_layer(
     )
     errors = {"mlp": float(mlp_error), "qk_score_dropped": float(qk_dropped), "vo": float(vo_error)}
     return solution, errors
-
-
-def solve_weight_svd_layer(layer: LayerAdapter, sparsity: float, device: torch.device) -> dict[str, Tensor]:
-    """Baseline: each linear layer replaced by its truncated SVD at equal parameter count (X W layout factors)."""
-    factors: dict[str, Tensor] = {}
-    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj"):
-        module = getattr(layer, name)
-        if module is None:
-            continue
-        w = module.weight.detach().to(device, F64).T
-        rank = svd_rank_for_sparsity(w.shape[0], w.shape[1], sparsity)
-        a, b = truncated_svd(w, rank)
-        factors[f"{name}.a"], factors[f"{name}.b"] = a.cpu().contiguous(), b.cpu().contiguous()
-    return factors

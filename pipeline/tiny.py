@@ -1,8 +1,7 @@
 """Tiny random models built from real configs, and a byte-level tokenizer: for tests and smoke runs.
 
-The configs keep each family's real structure (SmolLM2's Llama layout with GQA, OPT-125m's layout with
-biases and learned positions) and shrink only the sizes, so tests exercise the same code paths as real
-checkpoints without any download.
+Each adapter declares a tiny config per model type it claims (the real published config with only the sizes
+shrunk), so tests exercise the same code paths as real checkpoints without any download.
 """
 
 from __future__ import annotations
@@ -12,30 +11,25 @@ from typing import Any
 
 import torch
 
-# SmolLM2-135M's config with the sizes shrunk (GQA kept: 4 query heads share 2 KV heads).
-SMOLLM2_LIKE: dict[str, Any] = {
-    "hidden_act": "silu", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 3,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256,
-    "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "tie_word_embeddings": True, "vocab_size": 272,
-    "bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 257,
-}
-# facebook/opt-125m's config with the sizes shrunk.
-OPT125M_LIKE: dict[str, Any] = {
-    "activation_function": "relu", "do_layer_norm_before": True, "enable_bias": True, "hidden_size": 64,
-    "ffn_dim": 96, "num_hidden_layers": 3, "num_attention_heads": 4, "word_embed_proj_dim": 64,
-    "max_position_embeddings": 256, "vocab_size": 272, "bos_token_id": 256, "eos_token_id": 257,
-    "pad_token_id": 257, "layer_norm_elementwise_affine": True,
-}
+from pipeline.adapters import ADAPTERS, adapter_class
 
 
-def tiny_config(family: str, **overrides: Any) -> Any:
-    from transformers import LlamaConfig, OPTConfig
+def representative_model_type(family: str) -> str:
+    """The model type a family's pipeline tests run on: the first one its adapter claims."""
+    return adapter_class(family).model_types[0]
 
-    if family == "llama":
-        return LlamaConfig(**{**SMOLLM2_LIKE, **overrides})
-    if family == "opt":
-        return OPTConfig(**{**OPT125M_LIKE, **overrides})
-    raise ValueError(f"no tiny config for family {family!r}: expected llama or opt")
+
+def tiny_config(model_type: str, **overrides: Any) -> Any:
+    """The tiny config of ``model_type`` (a family name selects its representative model type)."""
+    from transformers import AutoConfig
+
+    if model_type in ADAPTERS:
+        model_type = representative_model_type(model_type)
+    owner = next((a for a in ADAPTERS.values() if model_type in a.tiny_configs), None)
+    if owner is None:
+        known = ", ".join(t for a in ADAPTERS.values() for t in a.tiny_configs)
+        raise ValueError(f"no tiny config for model type {model_type!r}: expected one of {known}")
+    return AutoConfig.for_model(model_type, **{**owner.tiny_configs[model_type], **overrides})
 
 
 def random_model(config: Any, seed: int = 0) -> torch.nn.Module:
@@ -67,10 +61,10 @@ def byte_tokenizer() -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>")
 
 
-def save_tiny_model(directory: str | Path, family: str, seed: int = 0, **overrides: Any) -> Path:
+def save_tiny_model(directory: str | Path, model_type: str, seed: int = 0, **overrides: Any) -> Path:
     """Write a tiny random model and the byte tokenizer as a local HF folder (a stand-in for a Hub repo)."""
     directory = Path(directory)
-    model = random_model(tiny_config(family, **overrides), seed=seed)
+    model = random_model(tiny_config(model_type, **overrides), seed=seed)
     model.save_pretrained(directory)
     byte_tokenizer().save_pretrained(directory)
     return directory

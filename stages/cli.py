@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.adapters import UnsupportedModelError
 from pipeline.artifacts import ArtifactError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
@@ -15,7 +16,7 @@ from pipeline.models import AssetError
 
 log = logging.getLogger("modegpt")
 
-USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError)
+USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError, UnsupportedModelError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -38,12 +39,19 @@ def _stages() -> dict[str, Callable[[Any], Any]]:
     return {m.__name__.rsplit(".", 1)[-1]: m.run for m in modules}
 
 
+# Stages that need a compressed checkpoint: a method whose factors do not assemble stops before them.
+NEEDS_CHECKPOINT = ("assemble", "evaluate", "report")
+
+
 def run_all(cfg: Any) -> None:
     """Every stage in order; each skips itself when its artifact is complete and current."""
+    from pipeline.methods import method_named
+
+    method = method_named(cfg.compression.method)
     for name, stage in _stages().items():
-        if cfg.compression.method == "weight_svd" and name in ("assemble", "evaluate", "report"):
-            log.info("compression.method=weight_svd is a solve-only baseline (benchmarks/quality.py evaluates it): "
-                     "stopping after solve")
+        if name in NEEDS_CHECKPOINT and not method.assemblable:
+            log.info("compression.method=%s is a solve-only baseline (benchmarks/quality.py evaluates it): "
+                     "stopping after solve", method.name)
             return
         log.info("== stage %s ==", name)
         stage(cfg)

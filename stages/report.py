@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ArtifactError, ArtifactPaths, atomic_path, atomic_write_text, read_json
+from pipeline.config import TEMPERATURE_ALLOCATIONS
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +27,8 @@ def _rows(paths: ArtifactPaths) -> list[dict[str, Any]]:
 
 
 def _series_name(row: dict[str, Any]) -> str:
-    if row["method"] != "modegpt":
-        return row["method"]
-    return f"modegpt-{row['allocation']} (eps {row['temperature']:g})" if row["allocation"] == "bi" else \
-        f"modegpt-{row['allocation']}"
+    name = f"{row['method']}-{row['allocation']}"
+    return f"{name} (eps {row['temperature']:g})" if row["allocation"] in TEMPERATURE_ALLOCATIONS else name
 
 
 def _task_score(entry: dict[str, Any], average_metric: str | None) -> float:
@@ -109,7 +108,7 @@ def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log
 
 def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
     fig, axes = _figure(3, (13, 3.8), sharey=True)
-    for r in sorted((r for r in rows if r["method"] == "modegpt"), key=lambda r: (_series_name(r), r["rate"])):
+    for r in sorted((r for r in rows if r["tag"] != "dense"), key=lambda r: (_series_name(r), r["rate"])):
         plan_path = paths.model_root / paths.calibration_key / "solve" / r["tag"] / "plan.json"
         if not plan_path.exists():
             continue

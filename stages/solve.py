@@ -33,17 +33,10 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
-from pipeline.modeling import expected_parameter_count
+from pipeline.methods import Method, method_named
 from pipeline.models import load_model, peak_device_memory, resolve_device
 from pipeline.plan import LayerPlan, LayerSolution
-from pipeline.solver import (
-    DenseLayer,
-    SolverSettings,
-    layer_sparsities,
-    plan_layer,
-    solve_modegpt_layer,
-    solve_weight_svd_layer,
-)
+from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
 
 from .capture import open_store
 
@@ -95,24 +88,21 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         write_manifest(target, expected)
         atomic_write_json(target / PLAN, plan_doc)
 
-    settings = SolverSettings(k.method, k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
+    method = method_named(k.method)
+    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
     errors = {i: _layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     todo = [i for i in range(num_layers) if i not in errors]
-    # The next layer's sums load in the background while this one is solved (weight SVD needs none).
+    # The next layer's sums load in the background while this one is solved (weights-only methods need none).
     layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
-        ((i, None) for i in todo) if settings.method == "weight_svd"
-        else store.iter_layers(todo, verify=cfg.verify_store))
+        store.iter_layers(todo, verify=cfg.verify_store) if method.needs_store else ((i, None) for i in todo))
     t0 = time.perf_counter()
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
         for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
                                 initial=len(errors), disable=None):
-            errors[index] = _solve_layer(adapter, index, sums, plans[index], settings, device, target)
+            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
     dense_block = adapter.block_linear_params()
-    if k.method == "weight_svd":
-        removed = dense_block - sum(_stored_numel(layer_file(target, i)) for i in range(num_layers))
-    else:
-        removed = adapter.total_params() - expected_parameter_count(adapter, plans)
+    removed = method.removed_params(adapter, plans, [_stored_numel(layer_file(target, i)) for i in range(num_layers)])
     expected.status = COMPLETE
     expected.extra = {
         "target_rate": target_rate,
@@ -130,19 +120,11 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     return target
 
 
-def _solve_layer(adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
+def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
                  settings: SolverSettings, device: torch.device, target: Path) -> dict[str, float]:
     """Solve one layer and write its factors atomically; returns its reconstruction errors."""
     start = time.perf_counter()
-    layer = adapter.layer(index)
-    if sums is None:
-        tensors, err = solve_weight_svd_layer(layer, plan.sparsity, device), {}
-    else:
-        stats = {n: t.to(device) for n, t in sums.items()}
-        heads = adapter.head_layout()
-        solution, err = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plan, heads, settings)
-        # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
-        tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
+    tensors, err = method.solve_layer(adapter.layer(index), adapter, sums, plan, settings, device)
     with atomic_path(layer_file(target, index)) as tmp:
         save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
     log.info("solve layer %d/%d: phi=%.3f mlp=%d qk=%d v=%d errors %s (%.2f s)", index + 1, adapter.num_layers,
@@ -192,7 +174,8 @@ def load_solution(cfg: Any, rate: float | None = None) -> tuple[list[LayerPlan],
                             "rerun `modegpt solve overwrite=[solve]`")
     plan_doc = read_json(target / PLAN)
     plans = [LayerPlan(**p) for p in plan_doc["layers"]]
-    if plan_doc["method"] != "modegpt":
-        raise ArtifactError(f"{target} holds a {plan_doc['method']} baseline: only method=modegpt assembles")
+    if not method_named(plan_doc["method"]).assemblable:
+        raise ArtifactError(f"{target} holds a {plan_doc['method']} baseline, which does not assemble into a "
+                            "checkpoint (benchmarks/quality.py evaluates it in memory)")
     solutions = [LayerSolution.from_tensors(load_file(str(layer_file(target, i)))) for i in range(len(plans))]
     return plans, solutions, found

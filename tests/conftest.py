@@ -8,14 +8,18 @@ from typing import Any
 import pytest
 from omegaconf import DictConfig
 
+from pipeline.adapters import families
 from pipeline.config import compose_config, validate
 from pipeline.tiny import save_tiny_model
+
+# Every registered family (pipeline.adapters): the pipeline tests run on each one's representative tiny model.
+FAMILIES = families()
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
-    return {family: save_tiny_model(root / family, family, seed=0) for family in ("llama", "opt")}
+    return {family: save_tiny_model(root / family, family, seed=0) for family in FAMILIES}
 
 
 def tiny_overrides(root: Path, model_dir: Path, family: str, **extra: Any) -> list[str]:
@@ -30,7 +34,7 @@ def tiny_overrides(root: Path, model_dir: Path, family: str, **extra: Any) -> li
     return [f"{k}={'null' if v is None else v}" for k, v in values.items()]
 
 
-@pytest.fixture(params=["llama", "opt"])
+@pytest.fixture(params=FAMILIES)
 def tiny_cfg(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dirs: dict[str, Path]) -> DictConfig:
     family = request.param
     cfg = compose_config(tiny_overrides(tmp_path / "outputs", tiny_model_dirs[family], family))

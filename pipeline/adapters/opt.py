@@ -10,6 +10,21 @@ from .base import BlockShape, HeadLayout, LayerAdapter, ModelAdapter
 class OptAdapter(ModelAdapter):
     family = "opt"
     model_types = ("opt",)
+    tiny_configs = {
+        # facebook/opt-125m with the sizes shrunk
+        "opt": {
+            "activation_function": "relu", "do_layer_norm_before": True, "enable_bias": True, "hidden_size": 64,
+            "ffn_dim": 96, "num_hidden_layers": 3, "num_attention_heads": 4, "word_embed_proj_dim": 64,
+            "max_position_embeddings": 256, "vocab_size": 272, "bos_token_id": 256, "eos_token_id": 257,
+            "pad_token_id": 257, "layer_norm_elementwise_affine": True,
+        },
+    }
+
+    @classmethod
+    def compressed_classes(cls) -> tuple[type, type]:
+        from pipeline.modeling.modeling_modegpt import ModeGPTOPTConfig, ModeGPTOPTForCausalLM
+
+        return ModeGPTOPTConfig, ModeGPTOPTForCausalLM
 
     def decoder_layers(self) -> nn.ModuleList:
         return self.model.model.decoder.layers
@@ -32,7 +47,8 @@ class OptAdapter(ModelAdapter):
 
     def block_shape(self) -> BlockShape:
         c = self.config
-        return BlockShape(c.hidden_size, c.ffn_dim, self.head_layout(), gated_mlp=False)
+        return BlockShape(c.hidden_size, c.ffn_dim, self.head_layout(), gated_mlp=False,
+                          compressible=self.compressible)
 
     def bias_flags(self) -> dict[str, bool]:
         bias = bool(getattr(self.config, "enable_bias", True))

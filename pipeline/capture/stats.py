@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.adapters import HeadLayout, LayerAdapter
+from pipeline.adapters import HeadLayout, LayerAdapter, output_source
 
 STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens")
 
@@ -94,10 +94,12 @@ class LayerStatsCollector:
         self.stats = stats
         self._attn_blocks = gram_blocks(stats.attn_gram.shape[0])
         self._mlp_blocks = gram_blocks(stats.mlp_gram.shape[0])
+        # q and k may be slices of one fused projection's output (Phi-3's qkv_proj).
+        (q_module, self._q_cols), (k_module, self._k_cols) = output_source(layer.q_proj), output_source(layer.k_proj)
         self._handles = [
             layer.attention_input.register_forward_pre_hook(self._attn_input),
-            layer.q_proj.register_forward_hook(self._query),
-            layer.k_proj.register_forward_hook(self._key),
+            q_module.register_forward_hook(self._query),
+            k_module.register_forward_hook(self._key),
             layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
         ]
 
@@ -111,10 +113,12 @@ class LayerStatsCollector:
 
     def _query(self, module: Any, args: Any, out: torch.Tensor) -> None:
         # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.
-        self.stats.q_energy += _flat64(out).square().sum(0).view(self.heads.num_heads, self.heads.head_dim)
+        q = _flat64(out[..., self._q_cols])
+        self.stats.q_energy += q.square().sum(0).view(self.heads.num_heads, self.heads.head_dim)
 
     def _key(self, module: Any, args: Any, out: torch.Tensor) -> None:
-        self.stats.k_energy += _flat64(out).square().sum(0).view(self.heads.num_kv_heads, self.heads.head_dim)
+        k = _flat64(out[..., self._k_cols])
+        self.stats.k_energy += k.square().sum(0).view(self.heads.num_kv_heads, self.heads.head_dim)
 
     def add_block_influence(self, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
         cos = F.cosine_similarity(_flat64(block_in), _flat64(block_out), dim=-1)

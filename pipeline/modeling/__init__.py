@@ -1,4 +1,4 @@
-"""Compressed-model classes (Llama-style and OPT), assembly from MoDeGPT solutions, saving and loading.
+"""Compressed-model classes (one pair per family, declared by its adapter), assembly, saving and loading.
 
 ``configuration_modegpt`` and ``modeling_modegpt`` depend on torch / transformers only: they are copied into
 every saved checkpoint, so it loads with ``trust_remote_code=True`` where this project is not installed.

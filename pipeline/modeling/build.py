@@ -14,18 +14,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.adapters import ADAPTERS, LayerAdapter, ModelAdapter
 from pipeline.modegpt import fold_value_bias, rope_frequency_index
 from pipeline.plan import LayerPlan, LayerSolution
 
-from .configuration_modegpt import ModeGPTLlamaConfig, ModeGPTOPTConfig
-from .modeling_modegpt import ModeGPTLlamaForCausalLM, ModeGPTOPTForCausalLM, rope_gather_index
+from .modeling_modegpt import rope_gather_index
 
 log = logging.getLogger(__name__)
 
+# Derived from the adapters, which declare their compressed classes: family -> (config class, model class).
 COMPRESSED_CLASSES: dict[str, tuple[type[PreTrainedConfig], type[PreTrainedModel]]] = {
-    "llama": (ModeGPTLlamaConfig, ModeGPTLlamaForCausalLM),
-    "opt": (ModeGPTOPTConfig, ModeGPTOPTForCausalLM),
+    family: adapter.compressed_classes() for family, adapter in ADAPTERS.items()
 }
 # Dense config keys that must not reach the compressed config: e.g. a Mistral / Qwen2 sliding window would make
 # DynamicCache evict keys that the (full-attention) Llama mask still expects.
@@ -68,9 +67,7 @@ def compressed_config(
     adapter: ModelAdapter, plans: list[LayerPlan], solutions: list[LayerSolution]
 ) -> PreTrainedConfig:
     """The compressed config: the dense config's fields plus per-layer widths, kept RoPE frequencies, biases."""
-    if adapter.family not in COMPRESSED_CLASSES:
-        raise ValueError(f"no compressed model class for family {adapter.family!r}")
-    config_cls, _ = COMPRESSED_CLASSES[adapter.family]
+    config_cls, _ = adapter.compressed_classes()
     dense = adapter.config
     if getattr(dense, "sliding_window", None) and getattr(dense, "use_sliding_window", True):
         log.warning("dense model uses a sliding window of %s; the compressed model attends to the full context",
@@ -169,7 +166,7 @@ def build_compressed_model(
     config = compressed_config(adapter, plans, solutions)
     attn = getattr(dense_model.config, "_attn_implementation", None)
     config._attn_implementation = attn if attn in ("sdpa", "eager") else "sdpa"  # the masks SDPA can take
-    _, model_cls = COMPRESSED_CLASSES[adapter.family]
+    _, model_cls = adapter.compressed_classes()
     with torch.device("meta"):  # shapes only: no memory for a dense-sized model, every tensor is set below
         model = model_cls(config)
     compressed = type(adapter)(model)  # same module names, so the family's adapter finds the new linears

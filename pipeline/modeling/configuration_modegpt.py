@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import LlamaConfig, OPTConfig
+from transformers import LlamaConfig, OPTConfig, Phi3Config, Qwen3Config
 
 LAYER_DIM_KEYS = ("mlp_width", "qk_dim", "v_dim")
 
@@ -31,6 +31,12 @@ class ModeGPTConfigMixin:
 
     # --- per-family knowledge, overridden below ---------------------------------------------------
     uses_rope = False
+    uses_qk_norm = False  # per-head RMSNorm on q and k (Qwen3): q/k must keep their full head width
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "model_type" in cls.__dict__:  # a family's config: saved with the checkpoint, named in its auto_map
+            cls.register_for_auto_class()
 
     def __post_init__(self, **kwargs) -> None:
         super().__post_init__(**kwargs)  # the family's own config (next in the MRO) first
@@ -75,6 +81,8 @@ class ModeGPTConfigMixin:
             for i, dims in enumerate(self.layer_dims):
                 if set(dims) != set(LAYER_DIM_KEYS) or min(int(v) for v in dims.values()) < 1:
                     raise ValueError(f"layer_dims[{i}] must map {LAYER_DIM_KEYS} to positive ints, got {dims}")
+        if self.uses_qk_norm and any(self.dims(i)["qk_dim"] != head_dim for i in range(n_layers)):
+            raise ValueError(f"{type(self).__name__} normalises q/k per head: every qk_dim must be {head_dim}")
         if not self.uses_rope:
             if self.rope_index is not None:
                 raise ValueError(f"{type(self).__name__} has no rotary embedding but rope_index was given")
@@ -115,3 +123,30 @@ class ModeGPTOPTConfig(ModeGPTConfigMixin, OPTConfig):
 
     def dense_bias(self) -> bool:
         return bool(self.enable_bias)
+
+
+class ModeGPTPhi3Config(ModeGPTConfigMixin, Phi3Config):
+    """Phi-3: Llama-style, with q/k/v and gate/up fused in the dense model (unfused once compressed)."""
+
+    model_type = "modegpt_phi3"
+    uses_rope = True
+
+    def dense_mlp_width(self) -> int:
+        return self.intermediate_size
+
+    def dense_bias(self) -> bool:
+        return False  # Phi3Attention's linears have no biases
+
+
+class ModeGPTQwen3Config(ModeGPTConfigMixin, Qwen3Config):
+    """Qwen3: Llama-style with a per-head RMSNorm on q and k before RoPE."""
+
+    model_type = "modegpt_qwen3"
+    uses_rope = True
+    uses_qk_norm = True
+
+    def dense_mlp_width(self) -> int:
+        return self.intermediate_size
+
+    def dense_bias(self) -> bool:
+        return bool(self.attention_bias)

@@ -1,4 +1,4 @@
-"""Models compressed by MoDeGPT: the HF Llama / OPT models with narrower attention and MLP in every layer.
+"""Models compressed by MoDeGPT: the HF Llama / OPT / Phi-3 / Qwen3 models with narrower attention and MLP.
 
 Each class builds its HF base model, then swaps every decoder layer's attention and MLP linears for
 compressed ones whose widths come from ``config.layer_dims``; everything else (embeddings, norms, head,
@@ -15,11 +15,18 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import LlamaForCausalLM, OPTForCausalLM
+from transformers import LlamaForCausalLM, OPTForCausalLM, Phi3ForCausalLM, Qwen3ForCausalLM
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.models.qwen3.modeling_qwen3 import Qwen3RMSNorm
 
-from .configuration_modegpt import ModeGPTConfigMixin, ModeGPTLlamaConfig, ModeGPTOPTConfig
+from .configuration_modegpt import (
+    ModeGPTConfigMixin,
+    ModeGPTLlamaConfig,
+    ModeGPTOPTConfig,
+    ModeGPTPhi3Config,
+    ModeGPTQwen3Config,
+)
 
 # The transformers releases this code was tested with (pyproject's lower bound and the committed lock): the
 # classes reuse HF's decoder layers, whose calling convention for the KV cache changes between releases.
@@ -136,7 +143,8 @@ class ModeGPTAttention(nn.Module):
     """
 
     def __init__(
-        self, config: ModeGPTConfigMixin, layer_idx: int, out_name: str, prescale_query: bool = False
+        self, config: ModeGPTConfigMixin, layer_idx: int, out_name: str, prescale_query: bool = False,
+        qk_norm: type[nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -159,6 +167,9 @@ class ModeGPTAttention(nn.Module):
             self.register_buffer("rope_gather", rope_gather_index(config, layer_idx))
         else:
             self.rope_gather = None
+        # Per-head norms over the full head (the config guarantees qk_dim == head_dim when they exist).
+        self.q_norm = None if qk_norm is None else qk_norm(self.qk_dim, eps=config.rms_norm_eps)
+        self.k_norm = None if qk_norm is None else qk_norm(self.qk_dim, eps=config.rms_norm_eps)
 
     def _rope(
         self, query: torch.Tensor, key: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]
@@ -182,8 +193,11 @@ class ModeGPTAttention(nn.Module):
         query = self.q_proj(hidden_states)
         if self.prescale_query:
             query = query * self.scaling
-        query = query.view(batch, q_len, self.num_heads, self.qk_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.qk_dim).transpose(1, 2)
+        query = query.view(batch, q_len, self.num_heads, self.qk_dim)
+        key = self.k_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.qk_dim)
+        if self.q_norm is not None:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = query.transpose(1, 2), key.transpose(1, 2)
         value = self.v_proj(hidden_states).view(batch, q_len, self.num_kv_heads, self.v_dim).transpose(1, 2)
         if self.rope_gather is not None:
             query, key = self._rope(query, key, position_embeddings)
@@ -207,6 +221,11 @@ class ModeGPTModelMixin:
     _supports_flash_attn = False
     _supports_flex_attn = False
     _supports_attention_backend = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:  # a family's model class: save_pretrained then writes this code
+            cls.register_for_auto_class("AutoModelForCausalLM")  # and the auto_map into the checkpoint
 
     def __init__(self, config: ModeGPTConfigMixin) -> None:
         super().__init__(config)  # the HF base model, at dense widths (on the meta device when loading)
@@ -241,16 +260,34 @@ class ModeGPTModelMixin:
         raise NotImplementedError
 
 
-class ModeGPTLlamaForCausalLM(ModeGPTModelMixin, LlamaForCausalLM):
-    config_class = ModeGPTLlamaConfig
+class _LlamaLayout:
+    """Llama-style layers (``self_attn`` with ``o_proj``, SwiGLU ``mlp``), shared by the Llama-like families."""
+
+    qk_norm: type[nn.Module] | None = None
 
     def _decoder_layers(self) -> nn.ModuleList:
         return self.model.layers
 
     def _install_layer(self, layer: nn.Module, layer_idx: int) -> None:
         c = self.config
-        layer.self_attn = ModeGPTAttention(c, layer_idx, out_name="o_proj")
-        layer.mlp = ModeGPTGatedMLP(c.hidden_size, c.dims(layer_idx)["mlp_width"], c.hidden_act, c.mlp_bias)
+        layer.self_attn = ModeGPTAttention(c, layer_idx, out_name="o_proj", qk_norm=self.qk_norm)
+        bias = bool(getattr(c, "mlp_bias", False))
+        layer.mlp = ModeGPTGatedMLP(c.hidden_size, c.dims(layer_idx)["mlp_width"], c.hidden_act, bias)
+
+
+class ModeGPTLlamaForCausalLM(_LlamaLayout, ModeGPTModelMixin, LlamaForCausalLM):
+    config_class = ModeGPTLlamaConfig
+
+
+class ModeGPTPhi3ForCausalLM(_LlamaLayout, ModeGPTModelMixin, Phi3ForCausalLM):
+    """Phi-3 with q/k/v and gate/up unfused: per-layer q/k and v widths differ after compression."""
+
+    config_class = ModeGPTPhi3Config
+
+
+class ModeGPTQwen3ForCausalLM(_LlamaLayout, ModeGPTModelMixin, Qwen3ForCausalLM):
+    config_class = ModeGPTQwen3Config
+    qk_norm = Qwen3RMSNorm
 
 
 class ModeGPTOPTForCausalLM(ModeGPTModelMixin, OPTForCausalLM):
@@ -265,10 +302,3 @@ class ModeGPTOPTForCausalLM(ModeGPTModelMixin, OPTForCausalLM):
         layer.self_attn = ModeGPTAttention(c, layer_idx, out_name="out_proj", prescale_query=True)
         layer.fc1 = nn.Linear(c.hidden_size, width, bias=c.enable_bias)
         layer.fc2 = nn.Linear(width, c.hidden_size, bias=c.enable_bias)
-
-
-# save_pretrained then writes this code and the auto_map into the checkpoint.
-for _cls in (ModeGPTLlamaConfig, ModeGPTOPTConfig):
-    _cls.register_for_auto_class()
-for _cls in (ModeGPTLlamaForCausalLM, ModeGPTOPTForCausalLM):
-    _cls.register_for_auto_class("AutoModelForCausalLM")

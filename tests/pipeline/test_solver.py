@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.adapters import adapter_for
+from pipeline.adapters import adapter_for, families
 from pipeline.modegpt import nystrom_mlp
-from pipeline.solver import DenseLayer, SolverSettings, plan_layer, solve_modegpt_layer
+from pipeline.modegpt._linalg import F64
+from pipeline.solver import DenseLayer, SolverSettings, module_weight_params, plan_layer, solve_modegpt_layer
 from pipeline.tiny import random_model, tiny_config
-
-F64 = torch.float64
 
 
 def _psd(n: int, tokens: int, g: torch.Generator) -> torch.Tensor:
@@ -18,7 +17,7 @@ def _psd(n: int, tokens: int, g: torch.Generator) -> torch.Tensor:
     return x.T @ x
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", families())
 def test_mlp_error_and_refit_match_the_direct_formulas(family: str) -> None:
     adapter = adapter_for(random_model(tiny_config(family)), family)
     shape, heads = adapter.block_shape(), adapter.head_layout()
@@ -44,3 +43,19 @@ def test_mlp_error_and_refit_match_the_direct_formulas(family: str) -> None:
     want = (diff * (corr @ diff)).sum() / (dense.down * (corr @ dense.down)).sum()
     assert errors["mlp"] == pytest.approx(float(want), rel=1e-9)
     assert 0.0 < errors["mlp"] < 1.0 and 0.0 <= errors["vo"] < 1.0
+
+
+@pytest.mark.parametrize("family", families())
+@pytest.mark.parametrize("sparsity", [0.1, 0.25, 0.4])
+def test_the_layer_budget_holds_when_a_family_keeps_some_modules_whole(family: str, sparsity: float) -> None:
+    """Qwen3 keeps q/k at full width: the MLP and value-output widths then carry the whole layer budget."""
+    adapter = adapter_for(random_model(tiny_config(family)), family)
+    shape, head_dim = adapter.block_shape(), adapter.head_layout().head_dim
+    plan = plan_layer(sparsity, shape, round_to=1)
+    if "qk" not in shape.compressible:
+        assert plan.qk_dim == head_dim
+    dense = sum(module_weight_params(shape).values())
+    kept = shape.linear_params(plan.mlp_width, plan.qk_dim, plan.v_dim, {})
+    # Widths are whole numbers: the achieved fraction is within one column of each module of the target.
+    slack = (shape.linear_params(1, 0, 0, {}) + shape.linear_params(0, 2, 1, {})) / dense
+    assert abs((dense - kept) / dense - sparsity) <= slack

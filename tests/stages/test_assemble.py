@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_killed, tiny_overrides
+from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
@@ -24,7 +24,7 @@ def _solved(tmp_path: Path, model_dir: Path, family: str, rate: float) -> list[s
     return overrides
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_rate_zero_reproduces_dense_logits(tmp_path, tiny_model_dirs, family) -> None:
     cfg = compose_config(_solved(tmp_path, tiny_model_dirs[family], family, 0.0))
     target = assemble.run(cfg)
@@ -35,7 +35,7 @@ def test_rate_zero_reproduces_dense_logits(tmp_path, tiny_model_dirs, family) ->
         torch.testing.assert_close(compressed(ids).logits, dense(ids).logits, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_saved_checkpoint_equals_in_memory_model_and_generates(tmp_path, tiny_model_dirs, family) -> None:
     cfg = compose_config(_solved(tmp_path, tiny_model_dirs[family], family, 0.3))
     target = assemble.run(cfg)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import compose_config, run_killed, tiny_overrides
+from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from filelock import FileLock
 
 from pipeline.adapters import adapter_for
@@ -38,8 +38,14 @@ def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
             return lambda m, a: s.__setitem__(key, a[0].reshape(-1, a[0].shape[-1]).double().T
                                               @ a[0].reshape(-1, a[0].shape[-1]).double())
 
-        def energy(key, n, s=s):
-            return lambda m, a, o: s.__setitem__(key, o.double().square().sum((0, 1)).view(n, heads.head_dim))
+        def attention_input(m, a, s=s, layer=layer):
+            x = a[0].reshape(-1, a[0].shape[-1]).double()
+            s["attn_gram"] = x.T @ x
+            # q and k recomputed from the weights (Phi-3's are rows of one fused projection)
+            for key, proj, n in (("q_energy", layer.q_proj, heads.num_heads), ("k_energy", layer.k_proj,
+                                                                                 heads.num_kv_heads)):
+                out = x @ proj.weight.double().T + (0 if proj.bias is None else proj.bias.double())
+                s[key] = out.square().sum(0).view(n, heads.head_dim)
 
         def block_io(m, a, o, s=s):
             out = o[0] if isinstance(o, tuple) else o
@@ -47,10 +53,8 @@ def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
             s["tokens"] = torch.tensor(float(a[0].shape[0] * a[0].shape[1]), dtype=torch.float64)
 
         handles += [
-            layer.q_proj.register_forward_pre_hook(gram("attn_gram")),
-            layer.down_proj.register_forward_pre_hook(gram("mlp_gram")),
-            layer.q_proj.register_forward_hook(energy("q_energy", heads.num_heads)),
-            layer.k_proj.register_forward_hook(energy("k_energy", heads.num_kv_heads)),
+            layer.attention_input.register_forward_pre_hook(attention_input),
+            layer.mlp_hidden.register_forward_pre_hook(gram("mlp_gram")),
             layer.block.register_forward_hook(block_io),
         ]
     with torch.no_grad():
@@ -90,18 +94,19 @@ def test_rerun_on_finished_store_does_nothing(tiny_cfg) -> None:
     assert stamps == {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
 
 
-def _captured_and_twin(tmp_path: Path, model_dir: Path) -> tuple[list[str], list[str]]:
+def _captured_and_twin(tmp_path: Path, model_dir: Path, family: str = "llama") -> tuple[list[str], list[str]]:
     """Two identical jobs in separate roots, both tokenized; the first one captured (the reference)."""
-    reference = tiny_overrides(tmp_path / "reference", model_dir, "llama")
-    twin = tiny_overrides(tmp_path / "twin", model_dir, "llama")
+    reference = tiny_overrides(tmp_path / "reference", model_dir, family)
+    twin = tiny_overrides(tmp_path / "twin", model_dir, family)
     for overrides in (reference, twin):
         tokenize.run(compose_config(overrides))
     capture.run(compose_config(reference))
     return reference, twin
 
 
-def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs) -> None:
-    base, other = _captured_and_twin(tmp_path, tiny_model_dirs["llama"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs, family: str) -> None:
+    base, other = _captured_and_twin(tmp_path, tiny_model_dirs[family], family)
     assert run_killed("capture", "pipeline.capture.store", "CorrelationStore.write_layer", other) == -9
     cfg_b = compose_config(other)
     records = sorted(p.name for p in (ArtifactPaths(cfg_b).store / "layers").glob("*.json"))

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_killed, tiny_overrides
+from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from safetensors.torch import load_file
 
+from pipeline.adapters import adapter_class
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest
 from stages import capture, solve, tokenize
 
@@ -22,7 +23,7 @@ def _captured(tmp_path: Path, model_dir: Path, family: str, **extra) -> list[str
     return overrides
 
 
-@pytest.mark.parametrize("family", ["llama", "opt"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_solve_meets_the_target_rate_without_forward_passes(tmp_path, tiny_model_dirs, family, monkeypatch) -> None:
     overrides = _captured(tmp_path, tiny_model_dirs[family], family)
     cfg = compose_config([*overrides, "compression.rate=0.3"])
@@ -40,8 +41,10 @@ def test_solve_meets_the_target_rate_without_forward_passes(tmp_path, tiny_model
         t = load_file(str(solve.layer_file(target, i)))
         assert t["mlp_index"].numel() == layer["mlp_width"] and t["qk_index"].shape[1] == layer["qk_dim"]
         assert t["v_weight"].shape[-1] == layer["v_dim"] and ("o_bias" in t) == (family == "opt")
-        if family == "llama":
+        if family != "opt":
             assert layer["qk_dim"] % 2 == 0  # whole rotary pairs
+        if "qk" not in adapter_class(family).compressible:  # Qwen3: q/k whole, the budget elsewhere
+            assert layer["qk_dim"] == plan["dense"]["qk_dim"]
     plans, solutions, _ = solve.load_solution(cfg)
     assert len(plans) == len(solutions) == 3
 
@@ -70,12 +73,14 @@ def test_second_rate_reuses_the_store_and_rerun_is_a_no_op(tmp_path, tiny_model_
     assert store_files == {p: p.stat().st_mtime_ns for p in ArtifactPaths(compose_config(overrides)).store.rglob("*")}
 
 
-def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_dirs) -> None:
-    ref = _captured(tmp_path / "ref", tiny_model_dirs["llama"], "llama")
-    killed = _captured(tmp_path / "killed", tiny_model_dirs["llama"], "llama")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_dirs, family) -> None:
+    ref = _captured(tmp_path / "ref", tiny_model_dirs[family], family)
+    killed = _captured(tmp_path / "killed", tiny_model_dirs[family], family)
     ref_dir = solve.run(compose_config(ref))
     # dies as the second layer starts solving: layer 0 is on disk, layer 1 is not
-    assert run_killed("solve", "stages.solve", "solve_modegpt_layer", killed, on_call=2, after=False) == -9
+    assert run_killed("solve", "pipeline.methods.modegpt", "solve_modegpt_layer", killed, on_call=2,
+                      after=False) == -9
     cfg = compose_config(killed)
     out = ArtifactPaths(cfg).solve()
     assert sorted(p.name for p in (out / "layers").iterdir()) == ["00000.safetensors"]

@@ -1,4 +1,4 @@
-"""Tiny random dense models of each supported family, and hand-built compressed solutions for them.
+"""Tiny random dense models of every model type the adapters claim, and hand-built compressed solutions for them.
 
 A plain module, not a conftest.py: tests import these helpers by name (``from modeling_fixtures import ...``),
 and a second conftest.py would shadow the one in tests/ that other test files import as ``conftest``.
@@ -7,15 +7,19 @@ and a second conftest.py would shadow the one in tests/ that other test files im
 from __future__ import annotations
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from pipeline.adapters import ModelAdapter
+from pipeline.adapters import ModelAdapter, adapter_class, family_of, tiny_model_types
 from pipeline.plan import LayerPlan, LayerSolution
+from pipeline.tiny import tiny_config
 
-SMALL = {"vocab_size": 128, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-         "max_position_embeddings": 128}
-# Uneven widths across layers: (mlp_width, qk_dim, v_dim).
+# Every model type some adapter claims (from the registry): llama, mistral, qwen2, opt, phi3, qwen3, ...
+MODEL_TYPES = tiny_model_types()
+# Uneven widths across layers: (mlp_width, qk_dim, v_dim); q/k stay full where the family does not cut them.
 COMPRESSED_DIMS = [(40, 8, 12), (72, 12, 4)]
+
+
+def compressed_class(model_type: str) -> type:
+    return adapter_class(family_of(model_type)).compressed_classes()[1]
 
 
 def _randomize_vectors(model: torch.nn.Module) -> None:
@@ -26,23 +30,22 @@ def _randomize_vectors(model: torch.nn.Module) -> None:
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if "norm" in name else 0.0))
 
 
-def make_dense(family: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+def make_dense(model_type: str, attn_implementation: str = "sdpa", seed: int = 0) -> torch.nn.Module:
+    """The model type's tiny config (two layers), HF's own initialisation, random biases and norms."""
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(seed)
-    if family == "llama":
-        config = LlamaConfig(**SMALL, intermediate_size=96, num_key_value_heads=2, head_dim=16,
-                             tie_word_embeddings=True)
-        model = LlamaForCausalLM._from_config(config, attn_implementation=attn_implementation)
-    elif family == "qwen2":  # q/k/v biases, no o bias, untied head
-        config = Qwen2Config(**SMALL, intermediate_size=96, num_key_value_heads=2, tie_word_embeddings=False)
-        model = Qwen2ForCausalLM._from_config(config, attn_implementation=attn_implementation)
-    elif family == "opt":  # facebook/opt-125m's config, shrunk
-        config = OPTConfig(**SMALL, ffn_dim=96, word_embed_proj_dim=64, do_layer_norm_before=True, dropout=0.1,
-                           activation_function="relu", pad_token_id=1, bos_token_id=2, eos_token_id=2)
-        model = OPTForCausalLM._from_config(config, attn_implementation=attn_implementation)
-    else:
-        raise ValueError(family)
+    config = tiny_config(model_type, num_hidden_layers=len(COMPRESSED_DIMS))
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     _randomize_vectors(model)
     return model.eval()
+
+
+def layer_dims(adapter: ModelAdapter, dims: list[tuple[int, int, int]] = COMPRESSED_DIMS) -> list[tuple[int, int, int]]:
+    """``dims`` with q/k at full width for families whose q/k MoDeGPT does not cut."""
+    head_dim = adapter.head_layout().head_dim
+    cut_qk = "qk" in adapter.block_shape().compressible
+    return [(w, q if cut_qk else head_dim, v) for w, q, v in dims]
 
 
 def random_solutions(
@@ -54,7 +57,7 @@ def random_solutions(
     n_h, n_kv, head_dim, d = layout.num_heads, layout.num_kv_heads, layout.head_dim, shape.hidden_size
     has_v_bias = adapter.bias_flags()["v"]
     plans, solutions = [], []
-    for mlp_width, qk_dim, v_dim in dims:
+    for mlp_width, qk_dim, v_dim in layer_dims(adapter, dims):
         if layout.rope:
             freqs = [torch.randperm(head_dim // 2, generator=g)[: qk_dim // 2].sort().values for _ in range(n_kv)]
             qk_index = torch.stack([torch.cat([s, s + head_dim // 2]) for s in freqs])

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modeling_fixtures import COMPRESSED_DIMS, make_dense, random_solutions
+from modeling_fixtures import MODEL_TYPES, layer_dims, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
 from pipeline.modeling import build_compressed_model, identity_solutions
 from pipeline.modeling.modeling_modegpt import CacheNotFilledError
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("family", MODEL_TYPES)
 @pytest.mark.parametrize("padded", [False, True])
 def test_greedy_generation_with_and_without_cache(family: str, padded: bool) -> None:
     dense = make_dense(family)
@@ -29,7 +29,7 @@ def test_greedy_generation_with_and_without_cache(family: str, padded: bool) -> 
     assert torch.equal(cached, uncached)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("family", MODEL_TYPES)
 @pytest.mark.parametrize("padded", [False, True])
 def test_cached_greedy_decoding_at_rate_0_equals_the_dense_transformers_model(family: str, padded: bool) -> None:
     """A cache bug shows as a difference from transformers itself, not only from the uncached path."""
@@ -90,7 +90,7 @@ def test_cache_holds_keys_and_values_at_their_own_widths() -> None:
     with torch.no_grad():
         out = model(ids, use_cache=True)
         cache = out.past_key_values
-        for i, (_, qk, v) in enumerate(COMPRESSED_DIMS):
+        for i, (_, qk, v) in enumerate(layer_dims(adapter)):
             assert cache.layers[i].keys.shape == (1, 2, 6, qk)
             assert cache.layers[i].values.shape == (1, 2, 6, v)
         # a multi-token continuation on a filled cache: bottom-right causal alignment

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from modeling_fixtures import make_dense, random_solutions
+from modeling_fixtures import MODEL_TYPES, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
 from pipeline.modeling import build_compressed_model, identity_solutions
@@ -37,6 +37,8 @@ def reference_attention(dense_layer, sol, layout, x: torch.Tensor, cos_sin) -> t
     for h in range(n_h):
         j = h // group
         q, k = _head(dense_layer.q_proj, x, h, head_dim), _head(dense_layer.k_proj, x, j, head_dim)
+        if dense_layer.q_norm is not None:  # Qwen3: per-head RMSNorm over the full head, before RoPE
+            q, k = dense_layer.q_norm(q), dense_layer.k_norm(k)
         if cos_sin is not None:
             cos, sin = cos_sin
             q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -58,7 +60,7 @@ def reference_mlp(dense_layer, sol, x: torch.Tensor, act) -> torch.Tensor:
     return out if dense_layer.down_proj.bias is None else out + dense_layer.down_proj.bias
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
+@pytest.mark.parametrize("family", MODEL_TYPES)
 def test_compressed_layers_match_the_reference(family: str) -> None:
     dense = make_dense(family)
     adapter = adapter_for(dense)
@@ -68,10 +70,10 @@ def test_compressed_layers_match_the_reference(family: str) -> None:
     x = torch.randn(2, 9, adapter.block_shape().hidden_size, generator=torch.Generator().manual_seed(3))
     positions = torch.arange(9).unsqueeze(0) + 5  # an offset, so no rotation is the identity
     cos_sin = model.model.rotary_emb(x, positions) if layout.rope else None
-    act = F.silu if family != "opt" else F.relu
     new_layers = type(adapter)(model).layers()
     with torch.no_grad():
         for i, (dense_layer, new_layer, sol) in enumerate(zip(adapter.layers(), new_layers, solutions, strict=True)):
+            act = F.relu if dense_layer.gate_proj is None else F.silu  # OPT's ReLU; SwiGLU elsewhere
             attn = new_layer.block.self_attn
             got, _ = attn(hidden_states=x, position_embeddings=cos_sin, attention_mask=None)
             want = reference_attention(dense_layer, sol, layout, x, cos_sin)
@@ -80,7 +82,7 @@ def test_compressed_layers_match_the_reference(family: str) -> None:
                                           act(new_layer.gate_proj(x)) * new_layer.up_proj(x))
             want_mlp = reference_mlp(dense_layer, sol, x, act)
             torch.testing.assert_close(got_mlp, want_mlp, atol=1e-5, rtol=1e-4, msg=f"MLP of layer {i}")
-            if family == "llama":
+            if new_layer.gate_proj is not None:
                 torch.testing.assert_close(new_layer.block.mlp(x), want_mlp, atol=1e-5, rtol=1e-4)
 
 

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 import torch
-from modeling_fixtures import make_dense, random_solutions
+from modeling_fixtures import MODEL_TYPES, compressed_class, layer_dims, make_dense, random_solutions
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 # Run in a fresh interpreter in isolated mode (-I: no PYTHONPATH, cwd or user site on sys.path), and with the
 # project made unimportable even though it is installed in the venv (editable), as on a machine without it.
 from pipeline.adapters import adapter_for
-from pipeline.modeling import ModeGPTLlamaForCausalLM, ModeGPTOPTForCausalLM, build_compressed_model, save_compressed
+from pipeline.modeling import build_compressed_model, save_compressed
 
 LOADER = """
 import sys
@@ -43,13 +43,15 @@ def test_save_then_load_with_and_without_the_project(tmp_path: Path) -> None:
     ids = torch.randint(3, 128, (2, 10), generator=torch.Generator().manual_seed(7))
     torch.save(ids, tmp_path / "ids.pt")
     models, dirs = {}, []
-    for family, cls in (("llama", ModeGPTLlamaForCausalLM), ("opt", ModeGPTOPTForCausalLM)):
+    for family in MODEL_TYPES:
+        cls = compressed_class(family)
         model = _build(family)
         directory = tmp_path / family
         save_compressed(model, None, directory, max_shard_size="100KB")
         config = json.loads((directory / "config.json").read_text())
         assert config["auto_map"]["AutoModelForCausalLM"] == f"modeling_modegpt.{cls.__name__}"
-        assert config["layer_dims"][1] == {"mlp_width": 72, "qk_dim": 12, "v_dim": 4}
+        _, qk, v = layer_dims(adapter_for(make_dense(family)))[1]
+        assert config["layer_dims"][1] == {"mlp_width": 72, "qk_dim": qk, "v_dim": v}
         assert {"modeling_modegpt.py", "configuration_modegpt.py"} <= {p.name for p in directory.iterdir()}
         shards = sorted(directory.glob("model-*.safetensors"))
         assert len(shards) > 1 and (directory / "model.safetensors.index.json").exists()
@@ -68,7 +70,9 @@ def test_save_then_load_with_and_without_the_project(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ModeGPTLlamaForCausalLM modegpt_llama" in proc.stdout and "ModeGPTOPTForCausalLM modegpt_opt" in proc.stdout
+    for family in MODEL_TYPES:
+        cls = compressed_class(family)
+        assert f"{cls.__name__} {cls.config_class.model_type}" in proc.stdout
     for family, directory in zip(models, dirs, strict=True):
         with torch.no_grad():
             want = models[family](ids).logits

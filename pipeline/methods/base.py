@@ -1,0 +1,49 @@
+"""The interface every solve method implements, and its registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.plan import LayerPlan
+from pipeline.solver import SolverSettings
+
+
+class Method(ABC):
+    """One compression method. Subclasses that set ``name`` register themselves in :data:`Method.registry`."""
+
+    name: ClassVar[str]
+    needs_store: ClassVar[bool]  # solve reads each layer's correlation sums (else weights only)
+    assemblable: ClassVar[bool]  # its factors build a compressed checkpoint that assemble / evaluate take
+    registry: ClassVar[dict[str, type[Method]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if name is None:
+            return
+        if name in Method.registry:
+            raise TypeError(f"method {name!r} is registered twice")
+        Method.registry[name] = cls
+
+    @abstractmethod
+    def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
+                    plan: LayerPlan, settings: SolverSettings, device: torch.device
+                    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        """The tensors stored for one layer (factors on CPU) and its reconstruction errors (may be empty)."""
+
+    @abstractmethod
+    def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
+        """Parameters removed from the dense model; ``stored_numel`` is each layer file's element count."""
+
+
+def method_named(name: str) -> Method:
+    from pipeline.config import ConfigError
+
+    if name not in Method.registry:
+        raise ConfigError(f"compression.method={name!r} is invalid: expected one of {', '.join(Method.registry)}")
+    return Method.registry[name]()

@@ -1,0 +1,34 @@
+"""MoDeGPT: Type-I Nyström (MLP), Type-II CR (key-query), Type-III SVD (value-output) per layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.modeling import expected_parameter_count
+from pipeline.plan import LayerPlan
+from pipeline.solver import DenseLayer, SolverSettings, solve_modegpt_layer
+
+from .base import Method
+
+
+class ModeGPT(Method):
+    name = "modegpt"
+    needs_store = True
+    assemblable = True
+
+    def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
+                    plan: LayerPlan, settings: SolverSettings, device: torch.device
+                    ) -> tuple[dict[str, Tensor], dict[str, float]]:
+        assert sums is not None, "MoDeGPT needs the layer's correlation sums"
+        stats = {n: t.to(device) for n, t in sums.items()}
+        heads = adapter.head_layout()
+        solution, errors = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plan, heads,
+                                               settings)
+        # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
+        tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
+        return tensors, errors
+
+    def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
+        return adapter.total_params() - expected_parameter_count(adapter, plans)
