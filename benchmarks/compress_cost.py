@@ -26,7 +26,7 @@ from flops import capture_flops, ideal_seconds, matmul_rate, solve_flops
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, Manifest, read_json, read_manifest
 from pipeline.config import compose_config
-from pipeline.models import load_model, resolve_device, torch_dtype
+from pipeline.dense import load_model, resolve_device, torch_dtype
 from pipeline.plan import LayerPlan
 
 

@@ -24,9 +24,9 @@ from safetensors.torch import load_file
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, atomic_write_json, read_manifest
 from pipeline.config import compose_config, validate
+from pipeline.dense import load_model, load_tokenizer
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
 from pipeline.modeling import build_compressed_model, count_parameters
-from pipeline.models import load_model, load_tokenizer
 from stages import capture, prepare, solve, tokenize
 
 METHODS = {  # name -> compression overrides

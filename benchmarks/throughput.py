@@ -25,8 +25,8 @@ import pipeline.modeling  # noqa: F401 - registers the compressed classes
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
+from pipeline.dense import load_model, resolve_device, torch_dtype
 from pipeline.modeling import build_compressed_model
-from pipeline.models import load_model, resolve_device, torch_dtype
 from stages import assemble, solve
 
 

@@ -17,8 +17,8 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
+from pipeline.dense import load_model, load_tokenizer
 from pipeline.modeling import build_compressed_model, count_parameters, save_compressed
-from pipeline.models import load_model, load_tokenizer
 
 from .solve import load_solution
 

@@ -30,7 +30,7 @@ from pipeline.artifacts import (
 )
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
 from pipeline.capture.runner import capture_layers
-from pipeline.models import load_model, model_fingerprint, peak_device_memory, resolve_device
+from pipeline.dense import load_model, model_fingerprint, peak_device_memory, resolve_device
 
 from .tokenize import load_tokens
 

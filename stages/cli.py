@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.artifacts import ArtifactError
+from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
-from pipeline.models import AssetError
 
 log = logging.getLogger("modegpt")
 

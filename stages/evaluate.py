@@ -23,8 +23,8 @@ from pipeline.artifacts import (
     read_json,
     write_manifest,
 )
+from pipeline.dense import load_model, load_tokenizer, model_fingerprint, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
-from pipeline.models import load_model, load_tokenizer, model_fingerprint, resolve_device, torch_dtype
 
 from .assemble import checkpoint_dir
 

