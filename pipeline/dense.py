@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .artifacts import (
-    COMPLETE,
-    ArtifactError,
-    Manifest,
-    atomic_dir,
-    file_digest,
-    fingerprint,
-    read_manifest,
-    write_manifest,
-)
-from .assets import AssetError, package_file, package_version
+from .artifacts import COMPLETE, ArtifactError, Manifest, atomic_dir, conversion_manifest, read_manifest, write_manifest
+from .assets import AssetError, package_file
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-CONVERT_VERSION = "convert-1"
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -43,22 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise AssetError(f"device={name!r} was asked for but CUDA is not available: use device=cpu or auto")
     return torch.device(name)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_digest(path: Path) -> str:
-    return file_digest(path)[:16]
-
-
-def conversion_manifest(model_cfg: Any) -> Manifest:
-    path = package_file(model_cfg.source, model_cfg.gguf_file)
-    return Manifest(
-        stage="prepare",
-        code_version=CONVERT_VERSION,
-        config={"source": model_cfg.source, "gguf_file": model_cfg.gguf_file},
-        inputs={"gguf": f"{package_version(model_cfg.source)}:{_cached_digest(path)}"},
-        status=COMPLETE,
-    )
 
 
 def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
@@ -95,36 +68,6 @@ def model_location(cfg: Any, dense_dir: Path) -> str:
             )
         return str(dense_dir)
     return m.source
-
-
-def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
-    """Identity of the dense weights, cheap to compute even for 70B (no hashing of weight files)."""
-    m = cfg.model
-    if m.source_kind == "gguf_package":
-        return conversion_manifest(m).fingerprint
-    local = Path(m.source)
-    if local.is_dir():
-        # Content, not location: a moved or re-synced copy of the same weights keeps its (costly) artifacts.
-        files = {}
-        for p in sorted(local.iterdir()):
-            if p.suffix == ".json":
-                files[p.name] = file_digest(p)[:16]
-            elif p.suffix == ".safetensors":
-                files[p.name] = f"{p.stat().st_size}:{_safetensors_header_digest(p)}"
-            elif p.suffix == ".bin":
-                files[p.name] = str(p.stat().st_size)
-        return fingerprint({"local": files})
-    return fingerprint({"hub": m.source, "revision": m.revision})
-
-
-def _safetensors_header_digest(path: Path) -> str:
-    """Digest of a safetensors header (tensor names, dtypes, shapes, offsets): cheap even for 70B shards."""
-    import hashlib
-    import struct
-
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return hashlib.sha256(f.read(size)).hexdigest()[:16]
 
 
 def _from_pretrained_kwargs(cfg: Any) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_local_model_fingerprint_follows_content_not_location(tmp_path: Path, ti
 
     from conftest import tiny_overrides
 
-    from pipeline.dense import model_fingerprint
+    from pipeline.artifacts import model_fingerprint
 
     copy = tmp_path / "moved"
     shutil.copytree(tiny_model_dirs["llama"], copy)
