@@ -14,6 +14,7 @@ from torch import Tensor
 
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
 from pipeline.modegpt import (
+    F64,
     bi_sparsity,
     cr_select,
     fold_value_bias,
@@ -26,8 +27,6 @@ from pipeline.modegpt import (
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
-
-F64 = torch.float64
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from pipeline.adapters import adapter_for
-from pipeline.modegpt import nystrom_mlp
+from pipeline.modegpt import F64, nystrom_mlp
 from pipeline.solver import DenseLayer, SolverSettings, plan_layer, solve_modegpt_layer
 from pipeline.tiny import random_model, tiny_config
-
-F64 = torch.float64
 
 
 def _psd(n: int, tokens: int, g: torch.Generator) -> torch.Tensor:
