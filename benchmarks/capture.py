@@ -21,7 +21,7 @@ from flops import capture_flops, ideal_seconds, matmul_rate
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, read_manifest
 from pipeline.config import compose_config, validate
-from pipeline.models import load_model, resolve_device, torch_dtype
+from pipeline.dense import load_model, resolve_device, torch_dtype
 from stages import capture, prepare, tokenize
 
 

@@ -26,7 +26,7 @@ from flops import capture_flops, ideal_seconds, matmul_rate, solve_flops
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, Manifest, read_json, read_manifest
 from pipeline.config import compose_config
-from pipeline.models import load_model, resolve_device, torch_dtype
+from pipeline.dense import load_model, resolve_device, torch_dtype
 from pipeline.plan import LayerPlan
 
 
@@ -101,7 +101,7 @@ def print_achieved_fractions(cfg: Any, paths: ArtifactPaths, store: Manifest, so
     print(f"| capture | {forward / 1e12:.2f} TFLOP {cfg.model.dtype} + {correlations / 1e12:.2f} TFLOP fp64 | "
           f"{store.extra['seconds']:.1f} s | {ideal:.1f} s | {ideal / store.extra['seconds']:.1%} |")
     for rate, manifest in zip(rates, solves, strict=True):
-        plans = [LayerPlan(**p) for p in read_json(paths.solve(rate) / "plan.json")["layers"]]
+        plans = [LayerPlan(**p) for p in read_json(paths.plan(rate))["layers"]]
         work = solve_flops(shape, plans)
         print(f"| solve r={rate} | {work / 1e12:.3f} TFLOP fp64 | {manifest.extra['seconds']:.1f} s | "
               f"{work / fp64:.1f} s | {work / fp64 / manifest.extra['seconds']:.1%} |")

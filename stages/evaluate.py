@@ -15,25 +15,23 @@ import torch
 
 from pipeline.artifacts import (
     COMPLETE,
+    METRICS,
     ArtifactPaths,
     Manifest,
     atomic_dir,
     atomic_write_json,
+    expected_dense_evaluation,
+    expected_evaluation,
+    manifest_path,
     prepare_output,
     read_json,
     write_manifest,
 )
+from pipeline.artifacts.readers import checkpoint_dir
+from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
-from pipeline.models import load_model, load_tokenizer, model_fingerprint, resolve_device, torch_dtype
-
-from .assemble import checkpoint_dir
 
 log = logging.getLogger(__name__)
-
-STAGE = "evaluate"
-VERSION = "evaluate-1"
-METRICS = "metrics.json"
-
 
 def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: Path) -> dict[str, Any]:
     """Perplexity and zero-shot results of one model, as a flat JSON-able dict."""
@@ -68,8 +66,7 @@ def _write(target: Path, manifest: Manifest, metrics: dict[str, Any]) -> None:
 
 def evaluate_dense(cfg: Any) -> dict[str, Any]:
     paths = ArtifactPaths(cfg)
-    expected = Manifest(stage=STAGE, code_version=VERSION, config=paths.eval_config(),
-                        inputs={"model": model_fingerprint(cfg, paths.dense_model)})
+    expected = expected_dense_evaluation(cfg)
     target = paths.dense_evaluation
     if prepare_output(target, expected, cfg.overwrite) == "skip":
         log.info("reusing dense metrics %s", target / METRICS)
@@ -91,9 +88,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     paths = ArtifactPaths(cfg)
     dense = evaluate_dense(cfg)
     ckpt = checkpoint_dir(cfg, rate)
-    ckpt_manifest = read_json(ckpt / "manifest.json")
-    expected = Manifest(stage=STAGE, code_version=VERSION, config=paths.eval_config(),
-                        inputs={"checkpoint": ckpt_manifest["fingerprint"]})
+    ckpt_manifest = read_json(manifest_path(ckpt))
+    expected = expected_evaluation(cfg, ckpt_manifest["fingerprint"])
     target = paths.evaluation(rate)
     if prepare_output(target, expected, cfg.overwrite) == "skip":
         log.info("reusing metrics %s", target / METRICS)

@@ -6,8 +6,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import COMPLETE, ArtifactPaths, Manifest, prepare_output, write_manifest
-from pipeline.models import CONVERT_VERSION, conversion_manifest, convert_gguf, model_fingerprint
+from pipeline.artifacts import (
+    ArtifactPaths,
+    conversion_manifest,
+    prepare_output,
+    source_reference_manifest,
+    write_manifest,
+)
+from pipeline.dense import convert_gguf
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +24,7 @@ def run(cfg: Any) -> Path:
     if cfg.model.source_kind != "gguf_package":
         # Nothing to convert, but the stage still records which weights later stages derive from (and gives
         # DVC an output to depend on).
-        manifest = Manifest(stage="prepare", code_version=CONVERT_VERSION, config={"source": cfg.model.source},
-                            inputs={"model": model_fingerprint(cfg, target)}, status=COMPLETE)
+        manifest = source_reference_manifest(cfg, target)
         if prepare_output(target, manifest, cfg.overwrite) != "skip":
             target.mkdir(parents=True, exist_ok=True)
             write_manifest(target, manifest)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import ArtifactError, ArtifactPaths, atomic_path, atomic_write_text, read_json
+from pipeline.artifacts import METRICS, PLAN, ArtifactError, ArtifactPaths, atomic_path, atomic_write_text, read_json
 from pipeline.config import TEMPERATURE_ALLOCATIONS
 
 log = logging.getLogger(__name__)
@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 def _rows(paths: ArtifactPaths) -> list[dict[str, Any]]:
     rows = []
-    dense = paths.dense_evaluation / "metrics.json"
+    dense = paths.dense_evaluation / METRICS
     if dense.exists():
         rows.append(read_json(dense) | {"tag": "dense", "method": "dense", "allocation": ""})
-    for metrics in sorted(paths.evaluation().parent.glob("*/metrics.json")):  # this eval config's results
+    for metrics in sorted(paths.evaluations.glob(f"*/{METRICS}")):  # this eval config's results
         rows.append(read_json(metrics) | {"tag": metrics.parent.name})
     return rows
 
@@ -109,7 +109,7 @@ def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log
 def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
     fig, axes = _figure(3, (13, 3.8), sharey=True)
     for r in sorted((r for r in rows if r["tag"] != "dense"), key=lambda r: (_series_name(r), r["rate"])):
-        plan_path = paths.model_root / paths.calibration_key / "solve" / r["tag"] / "plan.json"
+        plan_path = paths.solves / r["tag"] / PLAN
         if not plan_path.exists():
             continue
         plan = read_json(plan_path)
@@ -129,7 +129,7 @@ def run(cfg: Any) -> Path:
     paths = ArtifactPaths(cfg)
     rows = _rows(paths)
     if not any(r["method"] != "dense" for r in rows):
-        raise ArtifactError(f"no evaluated compressed model under {paths.model_root / paths.calibration_key}: "
+        raise ArtifactError(f"no evaluated compressed model under {paths.run_root}: "
                             "run `modegpt evaluate` first")
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)

@@ -9,56 +9,38 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import (
     COMPLETE,
-    SOLVER_KEYS,
+    PLAN,
     ArtifactError,
     ArtifactPaths,
-    Manifest,
+    achieved_rates,
     atomic_path,
     atomic_write_json,
+    expected_solve,
+    layer_file,
     prepare_output,
     read_json,
-    require_complete,
+    resolve_rate,
     write_manifest,
 )
+from pipeline.artifacts.readers import layer_errors, open_store, stored_numel
+from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
-from pipeline.models import load_model, peak_device_memory, resolve_device
-from pipeline.plan import LayerPlan, LayerSolution
+from pipeline.plan import LayerPlan
 from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
 
-from .capture import open_store
-
 log = logging.getLogger(__name__)
-
-STAGE = "solve"
-VERSION = "solve-2"
-PLAN = "plan.json"
-
-
-def _rate(cfg: Any, rate: float | None) -> float:
-    return float(cfg.compression.rate if rate is None else rate)
-
-
-def expected_manifest(cfg: Any, store_fingerprint: str, rate: float | None = None) -> Manifest:
-    k = cfg.compression
-    config = {key: k[key] for key in SOLVER_KEYS} | {"rate": _rate(cfg, rate)}
-    return Manifest(stage=STAGE, code_version=VERSION, config=config, inputs={"store": store_fingerprint})
-
-
-def layer_file(directory: Path, layer: int) -> Path:
-    return directory / "layers" / f"{layer:05d}.safetensors"
 
 
 def run(cfg: Any, rate: float | None = None) -> Path:
@@ -66,14 +48,14 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     store, store_manifest = open_store(cfg)
     log.info("using correlation store %s (fingerprint %s): no forward pass needed", store.path,
              store_manifest.fingerprint)
-    expected = expected_manifest(cfg, store_manifest.fingerprint, rate)
+    expected = expected_solve(cfg, store_manifest.fingerprint, rate)
     target = paths.solve(rate)
     action = prepare_output(target, expected, cfg.overwrite)
     if action == "skip":
         log.info("reusing solve artifact %s", target)
         return target
     k = cfg.compression
-    target_rate = _rate(cfg, rate)
+    target_rate = resolve_rate(cfg, rate)
     device = resolve_device(cfg.device)
     model = load_model(cfg, paths.dense_model)
     adapter = adapter_for(model, cfg.model.family)
@@ -90,7 +72,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
 
     method = method_named(k.method)
     settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
-    errors = {i: _layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
+    errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weights-only methods need none).
     layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
@@ -102,21 +84,19 @@ def run(cfg: Any, rate: float | None = None) -> Path:
             errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
     dense_block = adapter.block_linear_params()
-    removed = method.removed_params(adapter, plans, [_stored_numel(layer_file(target, i)) for i in range(num_layers)])
+    removed = method.removed_params(adapter, plans, [stored_numel(layer_file(target, i)) for i in range(num_layers)])
+    rates = achieved_rates(adapter.total_params(), dense_block, adapter.total_params() - removed)
     expected.status = COMPLETE
     expected.extra = {
         "target_rate": target_rate,
-        "achieved_block_rate": removed / dense_block,
-        "achieved_model_rate": removed / adapter.total_params(),
-        "dense_params": adapter.total_params(),
-        "compressed_params": adapter.total_params() - removed,
+        **rates,
         "errors": [errors[i] for i in range(num_layers)],
         "seconds": round(time.perf_counter() - t0, 3),
         "peak_device_bytes": peak_device_memory(device),
     }
     write_manifest(target, expected)
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
-             target_rate, removed / dense_block, removed / adapter.total_params(), target)
+             target_rate, rates["achieved_block_rate"], rates["achieved_model_rate"], target)
     return target
 
 
@@ -146,36 +126,3 @@ def _plan(cfg: Any, store: Any, adapter: Any, target_rate: float) -> tuple[list[
            "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
            "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
     return plans, doc
-
-
-def _stored_numel(path: Path) -> int:
-    """Elements stored in a safetensors file, read from its header only."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
-
-
-def _layer_errors(path: Path) -> dict[str, float]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("errors", "{}"))
-
-
-def load_solution(cfg: Any, rate: float | None = None) -> tuple[list[LayerPlan], list[LayerSolution], Manifest]:
-    """The plan and per-layer factors of a complete solve for this config, refusing a foreign or partial one."""
-    paths = ArtifactPaths(cfg)
-    target = paths.solve(rate)
-    found = require_complete(target, STAGE, "solve artifact")
-    _, store_manifest = open_store(cfg)
-    if found.fingerprint != expected_manifest(cfg, store_manifest.fingerprint, rate).fingerprint:
-        raise ArtifactError(f"solve artifact {target} was produced for another model, store or solver config: "
-                            "rerun `modegpt solve overwrite=[solve]`")
-    plan_doc = read_json(target / PLAN)
-    plans = [LayerPlan(**p) for p in plan_doc["layers"]]
-    if not method_named(plan_doc["method"]).assemblable:
-        raise ArtifactError(f"{target} holds a {plan_doc['method']} baseline, which does not assemble into a "
-                            "checkpoint (benchmarks/quality.py evaluates it in memory)")
-    solutions = [LayerSolution.from_tensors(load_file(str(layer_file(target, i)))) for i in range(len(plans))]
-    return plans, solutions, found

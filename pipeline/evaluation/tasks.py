@@ -9,7 +9,6 @@ which lm-eval imports when no file of that name sits beside the YAML, so the ver
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from pipeline.artifacts import atomic_write_text
+from pipeline.assets import package_dir
 from pipeline.evaluation.offline_data import (
     DEVIATIONS,
     EXPECTED_ROWS,
@@ -26,7 +27,6 @@ from pipeline.evaluation.offline_data import (
     TASK_SPLITS,
     task_rows,
     write_jsonl,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -64,10 +64,7 @@ _TaskDumper.add_representer(FunctionRef, lambda dumper, ref: dumper.represent_sc
 
 
 def stock_tasks_dir() -> Path:
-    spec = importlib.util.find_spec("lm_eval.tasks")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("lm_eval is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
+    return package_dir("lm_eval.tasks", "pip install lm-eval==0.4.13")
 
 
 def _stock_module(yaml_path: Path, ref: str) -> str:
@@ -134,10 +131,10 @@ def materialize_tasks(directory: Path, tasks: tuple[str, ...] | list[str] = OFFL
         want = {"format": _FORMAT_VERSION, "rows": EXPECTED_ROWS[task], "split": TASK_SPLITS[task]}
         if not (data_file.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want):
             write_jsonl(task_rows(task), data_file)
-            write_text_atomic(stamp, json.dumps(want))
+            atomic_write_text(stamp, json.dumps(want))
         cfg = offline_config(task, data_file, directory / "hf_cache")
         text = yaml.dump(cfg, Dumper=_TaskDumper, sort_keys=False, allow_unicode=True, width=10_000)
-        write_text_atomic(directory / f"{task}.yaml", text)
+        atomic_write_text(directory / f"{task}.yaml", text)
     return directory
 
 

@@ -6,8 +6,7 @@ import torch
 from torch import Tensor
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
-from pipeline.modegpt import svd_rank_for_sparsity, truncated_svd
-from pipeline.modegpt._linalg import F64
+from pipeline.modegpt import F64, svd_rank_for_sparsity, truncated_svd
 from pipeline.plan import LayerPlan
 from pipeline.solver import SolverSettings
 

@@ -3,6 +3,7 @@
 Weights use the "X W" layout (W is [in, out]); everything is computed in FP64 on the inputs' device.
 """
 
+from pipeline.modegpt._linalg import F64
 from pipeline.modegpt.allocation import bi_sparsity, kept_dim, uniform_sparsity
 from pipeline.modegpt.baselines import random_mlp_selection, svd_rank_for_sparsity, truncated_svd
 from pipeline.modegpt.mlp import MlpSolution, mlp_residual, nystrom_mlp, nystrom_update, ridge_leverage_scores
@@ -10,6 +11,7 @@ from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
 from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd
 
 __all__ = [
+    "F64",
     "MlpSolution",
     "VoSolution",
     "bi_sparsity",

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pipeline.adapters import adapter_for, families
-from pipeline.modegpt import nystrom_mlp
-from pipeline.modegpt._linalg import F64
+from pipeline.modegpt import F64, nystrom_mlp
 from pipeline.solver import DenseLayer, SolverSettings, module_weight_params, plan_layer, solve_modegpt_layer
 from pipeline.tiny import random_model, tiny_config
 

@@ -9,8 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest, write_manifest
+from pipeline.artifacts.readers import checkpoint_dir, load_solution
+from pipeline.dense import load_model
 from pipeline.modeling import build_compressed_model, count_parameters
-from pipeline.models import load_model
 from stages import assemble, capture, solve, tokenize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_saved_checkpoint_equals_in_memory_model_and_generates(tmp_path, tiny_mo
     target = assemble.run(cfg)
     manifest = read_manifest(target)
     dense = load_model(cfg, ArtifactPaths(cfg).dense_model)
-    plans, solutions, _ = solve.load_solution(cfg)
+    plans, solutions, _ = load_solution(cfg)
     in_memory = build_compressed_model(dense, adapter_for(dense, family), plans, solutions)
     saved = AutoModelForCausalLM.from_pretrained(target).eval()
     assert type(saved).__name__.startswith("ModeGPT")
@@ -82,7 +83,7 @@ def test_kill_during_assemble_then_rerun_is_byte_identical(tmp_path, tiny_model_
     target = ArtifactPaths(cfg).checkpoint()
     assert not target.exists()  # nothing half-written in place
     with pytest.raises(ArtifactError, match="not found"):
-        assemble.checkpoint_dir(cfg)
+        checkpoint_dir(cfg)
     assemble.run(cfg)
     assert (target / "model.safetensors").read_bytes() == (ref_dir / "model.safetensors").read_bytes()
     assert [p.name for p in target.parent.iterdir()] == [target.name]  # the killed run's temp dir is gone

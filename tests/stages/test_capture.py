@@ -15,8 +15,9 @@ from filelock import FileLock
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths
+from pipeline.artifacts.readers import load_tokens, open_store
 from pipeline.capture import STAT_NAMES, CorrelationStore
-from pipeline.models import load_model
+from pipeline.dense import load_model
 from stages import capture, tokenize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
     """Every statistic from one full forward pass over all samples, with hooks on every block."""
-    ids, _ = tokenize.load_tokens(cfg)
+    ids, _ = load_tokens(cfg)
     model = load_model(cfg, ArtifactPaths(cfg).dense_model)
     adapter = adapter_for(model, cfg.model.family)
     heads = adapter.head_layout()
@@ -73,7 +74,7 @@ def _store_values(cfg) -> list[dict[str, np.ndarray]]:
 def test_store_equals_naive_full_forward(tiny_cfg) -> None:
     tokenize.run(tiny_cfg)
     path = capture.run(tiny_cfg)
-    _, manifest = capture.open_store(tiny_cfg)
+    _, manifest = open_store(tiny_cfg)
     assert manifest.status == "complete" and manifest.extra["tokens"] == 8 * 32
     expected = _naive_sums(tiny_cfg)
     got = _store_values(tiny_cfg)
@@ -112,7 +113,7 @@ def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs, 
     records = sorted(p.name for p in (ArtifactPaths(cfg_b).store / "layers").glob("*.json"))
     assert records == ["00000.json"]
     with pytest.raises(ArtifactError, match="incomplete"):
-        capture.open_store(cfg_b)
+        open_store(cfg_b)
     writes = []
     original = CorrelationStore.write_layer
 
@@ -140,7 +141,7 @@ def test_store_from_other_job_is_refused(tmp_path: Path, tiny_model_dirs) -> Non
     with pytest.raises(ArtifactError, match="dtype"):
         capture.run(changed)
     with pytest.raises(ArtifactError, match="captured for another model or calibration"):
-        capture.open_store(changed)
+        open_store(changed)
 
 
 def test_corrupted_or_truncated_chunk_is_detected(tmp_path: Path, tiny_model_dirs) -> None:
@@ -180,7 +181,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path: Path, tiny_model_dirs) ->
            "-m", "stages.cli", "capture", *ddp]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, manifest = capture.open_store(compose_config(ddp))
+    _, manifest = open_store(compose_config(ddp))
     assert manifest.extra["world_size"] == 2
     for x, y in zip(_store_values(compose_config(single)), _store_values(compose_config(ddp)), strict=True):
         for key in STAT_NAMES:

@@ -6,7 +6,7 @@ import math
 import pytest
 from conftest import compose_config, tiny_overrides
 
-from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest
+from pipeline.artifacts import METRICS, ArtifactError, ArtifactPaths, read_manifest
 from stages import assemble, capture, evaluate, solve, tokenize
 
 
@@ -20,8 +20,8 @@ def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> 
     for stage in (tokenize, capture, solve, assemble):
         stage.run(cfg)
     target = evaluate.run(cfg)
-    metrics = json.loads((target / evaluate.METRICS).read_text())
-    dense = json.loads((ArtifactPaths(cfg).dense_evaluation / evaluate.METRICS).read_text())
+    metrics = json.loads((target / METRICS).read_text())
+    dense = json.loads((ArtifactPaths(cfg).dense_evaluation / METRICS).read_text())
     for m in (metrics, dense):
         assert m["wikitext2"]["windows"] == 2 and m["wikitext2"]["seq_len"] == 64
         assert math.isfinite(m["wikitext2"]["perplexity"]) and m["wikitext2"]["perplexity"] > 1

@@ -43,7 +43,8 @@ def test_bugs_are_not_disguised_as_user_errors() -> None:
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path: Path) -> None:
-    from pipeline.models import AssetError, load_model
+    from pipeline.assets import AssetError
+    from pipeline.dense import load_model
 
     cfg = compose_config(tiny_overrides(tmp_path, tmp_path / "no-such-model", "llama"))
     with pytest.raises(AssetError, match="cannot load model.source="):

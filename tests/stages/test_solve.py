@@ -9,7 +9,8 @@ from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_class
-from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest
+from pipeline.artifacts import ArtifactError, ArtifactPaths, layer_file, read_manifest
+from pipeline.artifacts.readers import load_solution
 from stages import capture, solve, tokenize
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,14 +39,14 @@ def test_solve_meets_the_target_rate_without_forward_passes(tmp_path, tiny_model
     assert manifest.status == "complete"
     assert abs(manifest.extra["achieved_block_rate"] - 0.3) < 0.05
     for i, layer in enumerate(plan["layers"]):
-        t = load_file(str(solve.layer_file(target, i)))
+        t = load_file(str(layer_file(target, i)))
         assert t["mlp_index"].numel() == layer["mlp_width"] and t["qk_index"].shape[1] == layer["qk_dim"]
         assert t["v_weight"].shape[-1] == layer["v_dim"] and ("o_bias" in t) == (family == "opt")
         if family != "opt":
             assert layer["qk_dim"] % 2 == 0  # whole rotary pairs
         if "qk" not in adapter_class(family).compressible:  # Qwen3: q/k whole, the budget elsewhere
             assert layer["qk_dim"] == plan["dense"]["qk_dim"]
-    plans, solutions, _ = solve.load_solution(cfg)
+    plans, solutions, _ = load_solution(cfg)
     assert len(plans) == len(solutions) == 3
 
 
@@ -55,10 +56,10 @@ def test_uniform_allocation_and_weight_svd_baseline(tmp_path, tiny_model_dirs) -
     assert {round(p["sparsity"], 12) for p in json.loads((uni / "plan.json").read_text())["layers"]} == {0.25}
     svd_cfg = compose_config([*overrides, "compression.method=weight_svd"])
     svd = solve.run(svd_cfg)
-    assert "q_proj.a" in load_file(str(solve.layer_file(svd, 0)))
+    assert "q_proj.a" in load_file(str(layer_file(svd, 0)))
     assert abs(read_manifest(svd).extra["achieved_block_rate"] - 0.25) < 0.05
     with pytest.raises(ArtifactError, match="weight_svd baseline"):
-        solve.load_solution(svd_cfg)
+        load_solution(svd_cfg)
 
 
 def test_second_rate_reuses_the_store_and_rerun_is_a_no_op(tmp_path, tiny_model_dirs) -> None:
@@ -85,10 +86,10 @@ def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_di
     out = ArtifactPaths(cfg).solve()
     assert sorted(p.name for p in (out / "layers").iterdir()) == ["00000.safetensors"]
     with pytest.raises(ArtifactError, match="incomplete"):
-        solve.load_solution(cfg)
+        load_solution(cfg)
     solve.run(cfg)
     for i in range(3):
-        assert solve.layer_file(out, i).read_bytes() == solve.layer_file(ref_dir, i).read_bytes()
+        assert layer_file(out, i).read_bytes() == layer_file(ref_dir, i).read_bytes()
 
 
 def test_solve_refuses_a_store_of_another_model(tmp_path, tiny_model_dirs) -> None:

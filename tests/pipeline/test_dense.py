@@ -7,7 +7,8 @@ import torch
 from conftest import compose_config
 
 from pipeline.artifacts import ArtifactError, read_manifest
-from pipeline.models import AssetError, convert_gguf, gguf_path, load_model, model_location
+from pipeline.assets import AssetError, package_file
+from pipeline.dense import convert_gguf, load_model, model_location
 
 
 def test_gguf_conversion_round_trip_keeps_logits(tmp_path: Path) -> None:
@@ -18,7 +19,7 @@ def test_gguf_conversion_round_trip_keeps_logits(tmp_path: Path) -> None:
     convert_gguf(cfg.model, target)
     assert read_manifest(target).status == "complete"
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
-    gguf = gguf_path(cfg.model.source, cfg.model.gguf_file)
+    gguf = package_file(cfg.model.source, cfg.model.gguf_file)
     reference = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     converted = load_model(cfg, target)
     tokenizer = AutoTokenizer.from_pretrained(target)
@@ -34,7 +35,7 @@ def test_unprepared_model_and_missing_package_are_clear_errors(tmp_path: Path) -
     with pytest.raises(ArtifactError, match="run `modegpt prepare` first"):
         model_location(cfg, tmp_path / "nothing")
     with pytest.raises(AssetError, match="asset package 'llm_smollm3' is not installed"):
-        gguf_path("llm_smollm3", "x.gguf")
+        package_file("llm_smollm3", "x.gguf")
 
 
 def test_local_model_fingerprint_follows_content_not_location(tmp_path: Path, tiny_model_dirs) -> None:
@@ -42,7 +43,7 @@ def test_local_model_fingerprint_follows_content_not_location(tmp_path: Path, ti
 
     from conftest import tiny_overrides
 
-    from pipeline.models import model_fingerprint
+    from pipeline.artifacts import model_fingerprint
 
     copy = tmp_path / "moved"
     shutil.copytree(tiny_model_dirs["llama"], copy)

@@ -1,0 +1,82 @@
+"""The on-disk layout, in one package: artifact paths and file names, manifests, fingerprints and atomic writes.
+
+- ``atomic``: fingerprints, file digests, atomic file and directory writes.
+- ``manifest``: manifests, artifact states (reuse / resume / refuse), reading artifact JSON.
+- ``layout``: where each artifact lives (``ArtifactPaths``), its file names, and the rate of a run.
+- ``expected``: the manifest each artifact must carry for a config, with the stages' code versions.
+- ``readers``: each artifact read back as a later stage's input (import it from ``pipeline.artifacts.readers``).
+"""
+
+from .atomic import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    canonical_json,
+    file_digest,
+    fingerprint,
+)
+from .expected import (
+    ASSEMBLE,
+    ASSEMBLE_VERSION,
+    CAPTURE,
+    CAPTURE_VERSION,
+    CONVERT_VERSION,
+    EVALUATE,
+    EVALUATE_VERSION,
+    PREPARE,
+    SOLVE,
+    SOLVE_VERSION,
+    TOKENIZE,
+    TOKENIZE_VERSION,
+    achieved_rates,
+    conversion_manifest,
+    expected_checkpoint,
+    expected_dense_evaluation,
+    expected_evaluation,
+    expected_solve,
+    expected_store,
+    expected_tokens,
+    model_fingerprint,
+    source_reference_manifest,
+    text_fingerprint,
+)
+from .layout import (
+    EVAL_KEYS,
+    LAYERS_DIR,
+    MANIFEST,
+    METRICS,
+    PLAN,
+    SOLVER_KEYS,
+    TOKENS_FILE,
+    ArtifactPaths,
+    layer_file,
+    resolve_rate,
+)
+from .manifest import (
+    COMPLETE,
+    PARTIAL,
+    ArtifactError,
+    Manifest,
+    artifact_state,
+    describe_mismatch,
+    manifest_path,
+    overwrites,
+    prepare_output,
+    read_json,
+    read_manifest,
+    require_complete,
+    write_manifest,
+)
+
+__all__ = [
+    "ASSEMBLE", "ASSEMBLE_VERSION", "CAPTURE", "CAPTURE_VERSION", "COMPLETE", "CONVERT_VERSION", "EVALUATE",
+    "EVALUATE_VERSION", "EVAL_KEYS", "LAYERS_DIR", "MANIFEST", "METRICS", "PARTIAL", "PLAN", "PREPARE", "SOLVE",
+    "SOLVER_KEYS", "SOLVE_VERSION", "TOKENIZE", "TOKENIZE_VERSION", "TOKENS_FILE", "ArtifactError", "ArtifactPaths",
+    "Manifest", "achieved_rates", "artifact_state", "atomic_dir", "atomic_path", "atomic_write_json",
+    "atomic_write_text", "canonical_json", "conversion_manifest", "describe_mismatch", "expected_checkpoint",
+    "expected_dense_evaluation", "expected_evaluation", "expected_solve", "expected_store", "expected_tokens",
+    "file_digest", "fingerprint", "layer_file", "manifest_path", "model_fingerprint", "overwrites", "prepare_output",
+    "read_json", "read_manifest", "require_complete", "resolve_rate", "source_reference_manifest",
+    "text_fingerprint", "write_manifest",
+]
