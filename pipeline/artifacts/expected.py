@@ -26,6 +26,9 @@ CAPTURE, CAPTURE_VERSION = "capture", "capture-1"
 SOLVE, SOLVE_VERSION = "solve", "solve-2"
 ASSEMBLE, ASSEMBLE_VERSION = "assemble", "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24)
 EVALUATE, EVALUATE_VERSION = "evaluate", "evaluate-1"
+REPORT = "report"
+# The pipeline's stages in order: the CLI runs `stages.<name>` for each, `overwrite=[...]` takes these names.
+STAGES = (PREPARE, TOKENIZE, CAPTURE, SOLVE, ASSEMBLE, EVALUATE, REPORT)
 
 
 @functools.lru_cache(maxsize=8)

@@ -72,3 +72,13 @@ def test_file_names_and_paths_are_unchanged(tiny_cfg) -> None:
     assert paths.evaluation() == run_root / "eval" / paths.eval_tag / paths.compression_tag()
     assert paths.rate_metrics(0.25) == run_root / "metrics" / "r0.25.json"
     assert paths.compression_tag(0.25).split("-")[2] == "r0.25"
+
+
+def test_every_stage_module_is_a_named_stage_and_back() -> None:
+    """One list of stages (pipeline.artifacts.expected.STAGES): the CLI and `overwrite=[...]` derive from it."""
+    from pipeline.artifacts.expected import STAGES
+    from stages.cli import stage_names
+
+    modules = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__", "cli"}
+    assert set(STAGES) == modules
+    assert stage_names() == [*STAGES, "run"]
