@@ -16,7 +16,7 @@ import sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import pipeline.modeling  # noqa: F401 - registers the compressed classes
+import pipeline.assembly  # noqa: F401 - registers the compressed classes
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
 

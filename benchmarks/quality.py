@@ -23,11 +23,11 @@ from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths, achieved_rates, atomic_write_json, layer_file, read_manifest
-from pipeline.artifacts.readers import load_solution
+from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
-from pipeline.modeling import build_compressed_model, count_parameters
+from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
 METHODS = {  # name -> compression overrides

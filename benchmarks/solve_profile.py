@@ -21,10 +21,10 @@ from torch.profiler import ProfilerActivity, profile
 from pipeline import solver
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
-from pipeline.artifacts.readers import open_store
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
 from pipeline.modegpt import mlp, vo
+from pipeline.readers import open_store
 from stages.solve import _plan
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.

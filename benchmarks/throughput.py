@@ -21,13 +21,13 @@ import torch
 from timing import sdpa_kernels, synchronize
 from transformers import AutoModelForCausalLM
 
-import pipeline.modeling  # noqa: F401 - registers the compressed classes
+import pipeline.assembly  # noqa: F401 - registers the compressed classes
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
-from pipeline.artifacts.readers import checkpoint_dir, load_solution
+from pipeline.assembly import build_compressed_model
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device, torch_dtype
-from pipeline.modeling import build_compressed_model
+from pipeline.readers import checkpoint_dir, load_solution
 
 
 @torch.no_grad()

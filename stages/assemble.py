@@ -16,9 +16,9 @@ from pipeline.artifacts import (
     prepare_output,
     write_manifest,
 )
-from pipeline.artifacts.readers import load_solution
+from pipeline.assembly import build_compressed_model, count_parameters, save_compressed
 from pipeline.dense import load_model, load_tokenizer
-from pipeline.modeling import build_compressed_model, count_parameters, save_compressed
+from pipeline.readers import load_solution
 
 log = logging.getLogger(__name__)
 

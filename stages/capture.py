@@ -28,10 +28,10 @@ from pipeline.artifacts import (
     prepare_output,
     write_manifest,
 )
-from pipeline.artifacts.readers import load_tokens
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
 from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
+from pipeline.readers import load_tokens
 
 log = logging.getLogger(__name__)
 

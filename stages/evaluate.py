@@ -27,9 +27,9 @@ from pipeline.artifacts import (
     read_json,
     write_manifest,
 )
-from pipeline.artifacts.readers import checkpoint_dir
 from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.readers import checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def evaluate_dense(cfg: Any) -> dict[str, Any]:
 def run(cfg: Any, rate: float | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import pipeline.modeling  # noqa: F401 - registers the compressed classes with the Auto factories
+    import pipeline.assembly  # noqa: F401 - registers the compressed classes with the Auto factories
 
     paths = ArtifactPaths(cfg)
     dense = evaluate_dense(cfg)

@@ -34,10 +34,10 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
-from pipeline.artifacts.readers import layer_errors, open_store, stored_numel
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.plan import LayerPlan
+from pipeline.readers import layer_errors, open_store, stored_numel
 from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
 
 log = logging.getLogger(__name__)

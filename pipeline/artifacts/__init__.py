@@ -4,7 +4,7 @@
 - ``manifest``: manifests, artifact states (reuse / resume / refuse), reading artifact JSON.
 - ``layout``: where each artifact lives (``ArtifactPaths``), its file names, and the rate of a run.
 - ``expected``: the manifest each artifact must carry for a config, with the stages' code versions.
-- ``readers``: each artifact read back as a later stage's input (import it from ``pipeline.artifacts.readers``).
+Each artifact read back as a later stage's input: :mod:`pipeline.readers` (a layer above, beside the store).
 """
 
 from .atomic import (

@@ -41,9 +41,12 @@ class Method(ABC):
         """Parameters removed from the dense model; ``stored_numel`` is each layer file's element count."""
 
 
-def method_named(name: str) -> Method:
-    from pipeline.config import ConfigError
+class UnknownMethodError(ValueError):
+    """A method name no registered method has; the message is one line."""
 
+
+def method_named(name: str) -> Method:
     if name not in Method.registry:
-        raise ConfigError(f"compression.method={name!r} is invalid: expected one of {', '.join(Method.registry)}")
+        known = ", ".join(Method.registry)
+        raise UnknownMethodError(f"compression.method={name!r} is invalid: expected one of {known}")
     return Method.registry[name]()

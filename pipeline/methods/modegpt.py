@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
-from pipeline.modeling import expected_parameter_count
+from pipeline.assembly import expected_parameter_count
 from pipeline.plan import LayerPlan
 from pipeline.solver import DenseLayer, SolverSettings, solve_modegpt_layer
 

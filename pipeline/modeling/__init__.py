@@ -1,39 +1,19 @@
-"""Compressed-model classes (one pair per family, declared by its adapter), assembly, saving and loading.
+"""Compressed-model classes: one config/model pair per family (its adapter declares which).
 
 ``configuration_modegpt`` and ``modeling_modegpt`` depend on torch / transformers only: they are copied into
 every saved checkpoint, so it loads with ``trust_remote_code=True`` where this project is not installed.
-Importing this package registers the classes with the Auto* factories.
+Building, saving and registering them with the Auto* factories is :mod:`pipeline.assembly`'s work.
 """
 
-from .build import (
-    COMPRESSED_CLASSES,
-    build_compressed_model,
-    compressed_bias_flags,
-    compressed_config,
-    count_parameters,
-    expected_parameter_count,
-    identity_solutions,
-)
-from .configuration_modegpt import ModeGPTLlamaConfig, ModeGPTOPTConfig
-from .io import load_compressed, register_compressed_models, save_compressed
-from .modeling_modegpt import ModeGPTAttention, ModeGPTLlamaForCausalLM, ModeGPTOPTForCausalLM
-
-register_compressed_models()
+from .configuration_modegpt import ModeGPTConfigMixin, ModeGPTLlamaConfig, ModeGPTOPTConfig
+from .modeling_modegpt import ModeGPTAttention, ModeGPTLlamaForCausalLM, ModeGPTModelMixin, ModeGPTOPTForCausalLM
 
 __all__ = [
-    "COMPRESSED_CLASSES",
     "ModeGPTAttention",
+    "ModeGPTConfigMixin",
     "ModeGPTLlamaConfig",
     "ModeGPTLlamaForCausalLM",
+    "ModeGPTModelMixin",
     "ModeGPTOPTConfig",
     "ModeGPTOPTForCausalLM",
-    "build_compressed_model",
-    "compressed_bias_flags",
-    "compressed_config",
-    "count_parameters",
-    "expected_parameter_count",
-    "identity_solutions",
-    "load_compressed",
-    "register_compressed_models",
-    "save_compressed",
 ]

@@ -243,7 +243,9 @@ class ModeGPTModelMixin:
         attentions = self._compressed_attentions
         before = [a.cache_updates for a in attentions]
         out = super().forward(*args, **kwargs)
-        values = out if isinstance(out, tuple) else [getattr(out, n, None) for n in ("cache", "past_key_values")]
+        # 5.24+ outputs name the field `cache` (reading their `past_key_values` alias warns); earlier ones do not.
+        field = "cache" if "cache" in getattr(out, "__dataclass_fields__", ()) else "past_key_values"
+        values = out if isinstance(out, tuple) else [getattr(out, field, None)]
         cache = next((v for v in values if isinstance(v, Cache)), None)
         if cache is not None and any(a.cache_updates == b for a, b in zip(attentions, before, strict=True)):
             raise CacheNotFilledError(

@@ -9,9 +9,9 @@ from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest, write_manifest
-from pipeline.artifacts.readers import checkpoint_dir, load_solution
+from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.dense import load_model
-from pipeline.modeling import build_compressed_model, count_parameters
+from pipeline.readers import checkpoint_dir, load_solution
 from stages import assemble, capture, solve, tokenize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,9 @@ from filelock import FileLock
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactError, ArtifactPaths
-from pipeline.artifacts.readers import load_tokens, open_store
 from pipeline.capture import STAT_NAMES, CorrelationStore
 from pipeline.dense import load_model
+from pipeline.readers import load_tokens, open_store
 from stages import capture, tokenize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_class
 from pipeline.artifacts import ArtifactError, ArtifactPaths, layer_file, read_manifest
-from pipeline.artifacts.readers import load_solution
+from pipeline.readers import load_solution
 from stages import capture, solve, tokenize
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import torch
 from conftest import compose_config, tiny_overrides
 
 from pipeline.artifacts import TOKENS_FILE, ArtifactError
-from pipeline.artifacts.readers import load_tokens
 from pipeline.calibration import CalibrationError, sample_windows
+from pipeline.readers import load_tokens
 from stages import tokenize
 
 

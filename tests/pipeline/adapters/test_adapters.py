@@ -71,8 +71,8 @@ def test_fused_phi3_projections_are_read_as_slices_of_the_fused_weights() -> Non
 
 
 def test_every_list_of_families_is_derived_from_the_registry() -> None:
+    from pipeline.assembly import COMPRESSED_CLASSES
     from pipeline.config import ConfigError, compose_config, validate
-    from pipeline.modeling import COMPRESSED_CLASSES
 
     assert set(COMPRESSED_CLASSES) == set(families()) == set(ADAPTERS)
     for family, adapter in ADAPTERS.items():

@@ -7,13 +7,8 @@ import torch
 from modeling_fixtures import MODEL_TYPES, compressed_class, layer_dims, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
-from pipeline.modeling import (
-    ModeGPTLlamaConfig,
-    build_compressed_model,
-    count_parameters,
-    expected_parameter_count,
-    identity_solutions,
-)
+from pipeline.assembly import build_compressed_model, count_parameters, expected_parameter_count, identity_solutions
+from pipeline.modeling import ModeGPTLlamaConfig
 
 
 def _ids(batch: int = 2, length: int = 12, seed: int = 0) -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from modeling_fixtures import MODEL_TYPES, layer_dims, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
-from pipeline.modeling import build_compressed_model, identity_solutions
+from pipeline.assembly import build_compressed_model, identity_solutions
 from pipeline.modeling.modeling_modegpt import CacheNotFilledError
 
 

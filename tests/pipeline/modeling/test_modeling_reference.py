@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from modeling_fixtures import MODEL_TYPES, make_dense, random_solutions
 
 from pipeline.adapters import adapter_for
-from pipeline.modeling import build_compressed_model, identity_solutions
+from pipeline.assembly import build_compressed_model, identity_solutions
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 # Run in a fresh interpreter in isolated mode (-I: no PYTHONPATH, cwd or user site on sys.path), and with the
 # project made unimportable even though it is installed in the venv (editable), as on a machine without it.
 from pipeline.adapters import adapter_for
-from pipeline.modeling import build_compressed_model, save_compressed
+from pipeline.assembly import build_compressed_model, save_compressed
 
 LOADER = """
 import sys

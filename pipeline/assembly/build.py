@@ -16,9 +16,8 @@ from transformers import PreTrainedConfig, PreTrainedModel
 
 from pipeline.adapters import ADAPTERS, LayerAdapter, ModelAdapter
 from pipeline.modegpt import fold_value_bias, rope_frequency_index
+from pipeline.modeling.modeling_modegpt import rope_gather_index
 from pipeline.plan import LayerPlan, LayerSolution
-
-from .modeling_modegpt import rope_gather_index
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Reading each stage's artifact as the next stage's input, refusing a missing, unfinished or foreign one.
 
-Stages import their inputs from here, never from another stage. Not re-exported by ``pipeline.artifacts``:
-these readers need the correlation store and safetensors, which import ``pipeline.artifacts`` themselves.
+Stages import their inputs from here, never from another stage. It stands above ``pipeline.artifacts`` (names,
+paths and expected manifests) and the correlation store, which both write through ``pipeline.artifacts``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from pipeline.capture import CorrelationStore
-from pipeline.plan import LayerPlan, LayerSolution
-
-from .expected import (
+from pipeline.artifacts.expected import (
     ASSEMBLE,
     CAPTURE,
     SOLVE,
@@ -28,8 +25,10 @@ from .expected import (
     expected_store,
     expected_tokens,
 )
-from .layout import ArtifactPaths, layer_file
-from .manifest import ArtifactError, Manifest, read_json, require_complete
+from pipeline.artifacts.layout import ArtifactPaths, layer_file
+from pipeline.artifacts.manifest import ArtifactError, Manifest, read_json, require_complete
+from pipeline.capture import CorrelationStore
+from pipeline.plan import LayerPlan, LayerSolution
 
 
 def load_tokens(cfg: Any) -> tuple[torch.Tensor, Manifest]:
