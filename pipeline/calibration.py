@@ -75,9 +75,11 @@ def jsonl_documents(path: str) -> list[str]:
             if not line.strip():
                 continue
             row = _load_json(f"{path} line {lineno}", line)
-            if not isinstance(row, dict) or "text" not in row:
+            if not isinstance(row, dict):
                 raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a JSON object with a "
-                                       "'text' field")
+                                       f"'text' field, got {type(row).__name__}")
+            if "text" not in row:
+                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
             if not isinstance(row["text"], str):
                 raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected 'text' to be a string, "
                                        f"got {type(row['text']).__name__}")

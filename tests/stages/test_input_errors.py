@@ -110,7 +110,9 @@ CASES = {
                                                   "calibration.path": "/nonexistent.jsonl"},
                                      "calibration.path='/nonexistent.jsonl' does not exist", before=("tokenize",)),
     "calibration-no-text-field": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{notext}"},
-                                      "line 1: expected a JSON object with a 'text' field"),
+                                      "notext.jsonl' line 1: expected a 'text' field"),
+    "calibration-row-not-an-object": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{listrow}"},
+                                          "line 1: expected a JSON object with a 'text' field, got list"),
     "calibration-empty-texts": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{emptytext}"},
                                     "holds no text"),
     "tokenize-folder-not-a-model": Case("tokenize", {"model.source": "{notmodel}"}, "is not a model folder"),
@@ -162,6 +164,8 @@ def _bad_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
     (package / "m.gguf").write_bytes(b"PK\x03\x04 this is a zip, not a GGUF file")
     out["notext"] = root / "notext.jsonl"
     out["notext"].write_text('{"content": "some text"}\n')
+    out["listrow"] = root / "listrow.jsonl"
+    out["listrow"].write_text('["text"]\n')
     out["emptytext"] = root / "emptytext.jsonl"
     out["emptytext"].write_text('{"text": ""}\n{"text": "   "}\n')
     return out
