@@ -118,5 +118,8 @@ def hub_config(repo: str, revision: str | None = None) -> Path:
         raise AssetError(f"model.source={repo}: the Hugging Face Hub answered HTTP {status}: retry later or pass "
                          "a local folder (model.source=/path/to/model)") from None
     except (hub.LocalEntryNotFoundError, hub.OfflineModeIsEnabled, ConnectionError, TimeoutError, OSError):
+        from huggingface_hub import constants
+
+        how = "unset HF_HUB_OFFLINE" if constants.HF_HUB_OFFLINE else "connect"
         raise AssetError(f"could not reach the Hugging Face Hub for model.source={repo}: pass a local folder "
-                         "(model.source=/path/to/model) or connect (and unset HF_HUB_OFFLINE)") from None
+                         f"(model.source=/path/to/model) or {how}") from None

@@ -91,8 +91,10 @@ CASES = {
     "corrupt-safetensors-header": Case("prepare", {"model.source": "{badheader}"},
                                        "model.safetensors is not a valid safetensors file"),
     "hub-offline": Case("prepare", {"model.source": HUB}, f"could not reach the Hugging Face Hub for "
-                        f"model.source={HUB}: pass a local folder", patch=_offline),
-    "hub-unreachable": Case("prepare", {"model.source": HUB}, "could not reach the Hugging Face Hub",
+                        f"model.source={HUB}: pass a local folder (model.source=/path/to/model) or unset "
+                        "HF_HUB_OFFLINE",
+                        patch=_offline),
+    "hub-unreachable": Case("prepare", {"model.source": HUB}, "could not reach the Hugging Face Hub for",
                             patch=_hub_raises(ConnectionError("Name or service not known"))),
     "hub-gated": Case("prepare", {"model.source": HUB}, f"model.source={HUB} is a gated Hub repo",
                       patch=_hub_raises(_http_error("GatedRepoError", 403))),
