@@ -28,7 +28,7 @@ from pipeline.readers import open_store
 from stages.solve import _plan
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.
-PARTS = [(mlp, "ridge_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
+PARTS = [(mlp, "_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
          (solver, "_mlp_quadratic_error"), (solver, "vo_residual"), (solver, "_vo_energy"), (solver, "cr_select")]
 
 

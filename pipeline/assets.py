@@ -6,12 +6,18 @@ Importing an asset package would need its extras (and is slow); its directory is
 from __future__ import annotations
 
 import importlib.util
+import json
+import struct
 from importlib import metadata
 from pathlib import Path
 
 
 class AssetError(RuntimeError):
     """A required asset (package, file, model) is not available."""
+
+
+# A safetensors header larger than this is not one (the format caps it at 100 MB).
+MAX_SAFETENSORS_HEADER = 100_000_000
 
 
 def package_dir(package: str, install: str | None = None) -> Path:
@@ -40,3 +46,25 @@ def package_version(package: str) -> str:
         return metadata.version(package.replace("_", "-"))
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def safetensors_header(path: Path) -> bytes:
+    """The JSON header of a safetensors file, refusing a truncated or corrupt one (reads the header only)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < length <= min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise AssetError(f"{path} is not a valid safetensors file (truncated or bad header): re-download or "
+                             "re-save the model")
+        header = f.read(length)
+    try:
+        tensors = json.loads(header)
+        end = max((int(t["data_offsets"][1]) for k, t in tensors.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise AssetError(f"{path} is not a valid safetensors file (unreadable header): re-download or re-save "
+                         "the model") from None
+    if 8 + length + end > size:
+        raise AssetError(f"{path} is truncated ({size} bytes, its header describes {8 + length + end}): "
+                         "re-download or re-save the model")
+    return header

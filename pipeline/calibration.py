@@ -75,15 +75,27 @@ def jsonl_documents(path: str) -> list[str]:
             if not line.strip():
                 continue
             row = _load_json(f"{path} line {lineno}", line)
+            if not isinstance(row, dict):
+                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a JSON object with a "
+                                       f"'text' field, got {type(row).__name__}")
             if "text" not in row:
                 raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
+            if not isinstance(row["text"], str):
+                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected 'text' to be a string, "
+                                       f"got {type(row['text']).__name__}")
             docs.append(row["text"])
     return docs
 
 
-def calibration_documents(source: str, path: str | None) -> list[str]:
+def check_calibration_path(source: str, path: str | None) -> None:
+    """A missing calibration file, reported as missing (before any manifest comparison)."""
     if path and not Path(path).is_file():
         raise CalibrationError(f"calibration.path={path!r} does not exist: expected a local file")
+    if source == "jsonl" and not path:
+        raise CalibrationError("calibration.source=jsonl needs calibration.path=/path/to/file.jsonl")
+
+
+def _documents(source: str, path: str | None) -> list[str]:
     if source == "boolq":
         return boolq_passages()
     if source == "wikitext2":
@@ -91,10 +103,18 @@ def calibration_documents(source: str, path: str | None) -> list[str]:
     if source == "alpaca":
         return alpaca_documents(path)
     if source == "jsonl":
-        if not path:
-            raise CalibrationError("calibration.source=jsonl needs calibration.path=/path/to/file.jsonl")
-        return jsonl_documents(path)
+        return jsonl_documents(str(path))
     raise CalibrationError(f"calibration.source={source!r} is unknown: expected boolq, wikitext2, alpaca or jsonl")
+
+
+def calibration_documents(source: str, path: str | None) -> list[str]:
+    check_calibration_path(source, path)
+    documents = _documents(source, path)
+    if not any(d.strip() for d in documents):
+        where = f"calibration.path={path!r}" if path else f"calibration.source={source}"
+        raise CalibrationError(f"{where} holds no text ({len(documents)} documents, all empty): expected "
+                               "non-empty 'text' fields")
+    return documents
 
 
 def sample_windows(token_ids: torch.Tensor, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:

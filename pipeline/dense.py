@@ -77,10 +77,19 @@ def _from_pretrained_kwargs(cfg: Any) -> dict[str, Any]:
     return kwargs
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
 def load_tokenizer(cfg: Any, dense_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_location(cfg, dense_dir), **_from_pretrained_kwargs(cfg))
+    location = model_location(cfg, dense_dir)
+    try:
+        return AutoTokenizer.from_pretrained(location, **_from_pretrained_kwargs(cfg))
+    except (OSError, ValueError) as e:  # transformers' paragraphs about slow tokenizers, sentencepiece, the Hub
+        raise AssetError(f"cannot load the tokenizer of model.source={location!r}: {_first_line(e)}") from e
 
 
 def load_model(cfg: Any, dense_dir: Path, dtype: torch.dtype | None = None) -> torch.nn.Module:
@@ -97,6 +106,6 @@ def load_model(cfg: Any, dense_dir: Path, dtype: torch.dtype | None = None) -> t
             **_from_pretrained_kwargs(cfg),
         )
     except OSError as e:
-        raise AssetError(f"cannot load model.source={location!r}: {str(e).splitlines()[0]}") from e
+        raise AssetError(f"cannot load model.source={location!r}: {_first_line(e)}") from e
     model.eval()
     return model

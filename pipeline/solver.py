@@ -7,6 +7,7 @@ outputs into a :class:`~pipeline.plan.LayerSolution` plus per-module reconstruct
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,8 @@ from torch import Tensor
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
 from pipeline.modegpt import (
     F64,
+    MlpSolution,
+    VoSolution,
     bi_sparsity,
     cr_select,
     fold_value_bias,
@@ -25,6 +28,12 @@ from pipeline.modegpt import (
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
+
+log = logging.getLogger(__name__)
+
+# A channel whose mean square exceeds this multiple of the median's (RMS 100x the median) carries a massive
+# activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
+MASSIVE_RATIO = 1e4
 
 
 @dataclass(frozen=True)
@@ -135,10 +144,51 @@ def _vo_energy(corr: Tensor, dense: DenseLayer, group: int) -> Tensor:
     return (gram_v * gram_o).sum()
 
 
+def _channel_notes(name: str, corr: Tensor, units: str) -> list[str]:
+    """Dead channels (zero correlation diagonal) and massive ones (mean square far above the median)."""
+    diag = torch.diagonal(corr)
+    top = float(diag.max())
+    notes = []
+    dead = int((diag <= top * 1e-12).sum()) if top > 0 else diag.numel()
+    if dead:
+        notes.append(f"{dead} dead {name} {units}")
+    median = float(diag.median())
+    if median > 0 and top > MASSIVE_RATIO * median:
+        count = int((diag > MASSIVE_RATIO * median).sum())
+        notes.append(f"{count} massive-activation {name} {units} (RMS up to {(top / median) ** 0.5:.3g}x the median)")
+    return notes
+
+
+def safeguard_notes(tokens: float, mlp_corr: Tensor, attn_corr: Tensor, mlp: MlpSolution, vo: VoSolution,
+                    settings: SolverSettings) -> list[str]:
+    """What was unusual about a layer's statistics and which of the solver's safeguards fired, one phrase each."""
+    notes = []
+    d, full = attn_corr.shape[0], mlp_corr.shape[0]
+    if tokens < max(d, full):
+        short = " and ".join(f"{what} {n}" for what, n in (("hidden size", d), ("MLP width", full)) if tokens < n)
+        notes.append(f"{tokens:.0f} calibration tokens < {short}: correlations rank-deficient")
+    notes += _channel_notes("MLP", mlp_corr, "units") + _channel_notes("attention-input", attn_corr, "channels")
+    if mlp.leverage_eigh:
+        notes.append("leverage scores fell back to eigh (C + lambda I not positive definite)")
+    if mlp.ridge_pivots:
+        notes.append(f"C_JJ ridge {mlp.ridge:.3g} carried {mlp.ridge_pivots} of {mlp.index.numel()} "
+                     "near-singular pivots")
+    if mlp.pseudo_inverse:
+        notes.append("C_JJ singular even with the ridge: solved by pseudo-inverse")
+    if vo.floored:
+        notes.append(f"attention correlation: {vo.floored} of {d} eigenvalues raised to eig_floor "
+                     f"{settings.eig_floor:g} x max")
+    return notes
+
+
 def solve_modegpt_layer(
-    stats: dict[str, Tensor], dense: DenseLayer, plan: LayerPlan, heads: HeadLayout, settings: SolverSettings
+    stats: dict[str, Tensor], dense: DenseLayer, plan: LayerPlan, heads: HeadLayout, settings: SolverSettings,
+    layer: int | None = None,
 ) -> tuple[LayerSolution, dict[str, float]]:
-    """Type-I (Nyström), Type-II (CR) and Type-III (SVD) for one layer; errors relative to output energy."""
+    """Type-I (Nyström), Type-II (CR) and Type-III (SVD) for one layer; errors relative to output energy.
+
+    Logs one line naming the safeguards that fired (dead units, rank deficiency, massive activations), if any.
+    """
     tokens = float(stats["tokens"])
     mlp_corr = stats["mlp_gram"] / tokens
     attn_corr = stats["attn_gram"] / tokens
@@ -166,4 +216,7 @@ def solve_modegpt_layer(
         v_weight=vo.w_v.cpu(), o_weight=vo.w_o.cpu(), o_bias=None if o_bias is None else o_bias.cpu(),
     )
     errors = {"mlp": float(mlp_error), "qk_score_dropped": float(qk_dropped), "vo": float(vo_error)}
+    notes = safeguard_notes(tokens, mlp_corr, attn_corr, mlp, vo, settings)
+    if notes:
+        log.info("%s: %s", "layer" if layer is None else f"layer {layer}", "; ".join(notes))
     return solution, errors

@@ -31,6 +31,7 @@ from pipeline.artifacts import (
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
 from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
+from pipeline.inputs import check_model_source
 from pipeline.readers import load_tokens
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def _device(cfg: Any, world: int) -> torch.device:
 
 
 def run(cfg: Any) -> Path:
+    check_model_source(cfg, hub=False)
     paths = ArtifactPaths(cfg)
     rank, world = _rank_world()
     input_ids, tokens_manifest = load_tokens(cfg)

@@ -15,11 +15,13 @@ from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, REPORT, STAGES
 from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
+from pipeline.evaluation.tasks import UnknownTaskError
 from pipeline.methods.base import UnknownMethodError
 
 log = logging.getLogger("modegpt")
 
-USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError, UnsupportedModelError, UnknownMethodError)
+USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError, UnsupportedModelError, UnknownMethodError,
+               UnknownTaskError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 

@@ -29,6 +29,7 @@ from pipeline.artifacts import (
 )
 from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.inputs import check_model_source
 from pipeline.readers import checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,17 @@ def _write(target: Path, manifest: Manifest, metrics: dict[str, Any]) -> None:
         write_manifest(tmp, manifest)
 
 
+def check_inputs(cfg: Any) -> None:
+    """What the user named (the model, lm-eval's task names) is checked before a model loads or a run is recorded."""
+    check_model_source(cfg, hub=False)
+    if cfg.eval.tasks and not cfg.eval.offline:
+        from pipeline.evaluation.tasks import check_stock_tasks
+
+        check_stock_tasks(list(cfg.eval.tasks))
+
+
 def evaluate_dense(cfg: Any) -> dict[str, Any]:
+    check_inputs(cfg)
     paths = ArtifactPaths(cfg)
     expected = expected_dense_evaluation(cfg)
     target = paths.dense_evaluation

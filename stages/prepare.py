@@ -14,11 +14,15 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.dense import convert_gguf
+from pipeline.inputs import check_model_source
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: Any) -> Path:
+    # Before anything is recorded: a manifest marked complete for a bad source would make the corrected rerun
+    # refuse its own output as "produced by a different job".
+    check_model_source(cfg)
     paths = ArtifactPaths(cfg)
     target = paths.dense_model
     if cfg.model.source_kind != "gguf_package":

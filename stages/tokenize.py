@@ -17,13 +17,17 @@ from pipeline.artifacts import (
     prepare_output,
     write_manifest,
 )
-from pipeline.calibration import calibration_documents, sample_windows, tokenize_documents
+from pipeline.calibration import calibration_documents, check_calibration_path, sample_windows, tokenize_documents
 from pipeline.dense import load_tokenizer
+from pipeline.inputs import check_model_source
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: Any) -> Path:
+    # Missing inputs first: the manifest comparison below would report them as "a different job".
+    check_calibration_path(cfg.calibration.source, cfg.calibration.path)
+    check_model_source(cfg, hub=False)
     paths = ArtifactPaths(cfg)
     expected = expected_tokens(cfg)
     target = paths.tokens

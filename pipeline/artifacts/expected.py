@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import struct
 from pathlib import Path
 from typing import Any
 
-from pipeline.assets import package_file, package_version
+from pipeline.assets import package_file, package_version, safetensors_header
 
 from .atomic import file_digest, fingerprint
 from .layout import SOLVER_KEYS, ArtifactPaths, resolve_rate
@@ -76,9 +75,7 @@ def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
 
 def _safetensors_header_digest(path: Path) -> str:
     """Digest of a safetensors header (tensor names, dtypes, shapes, offsets): cheap even for 70B shards."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        return hashlib.sha256(f.read(size)).hexdigest()[:16]
+    return hashlib.sha256(safetensors_header(path)).hexdigest()[:16]
 
 
 def text_fingerprint(cal: Any) -> str:

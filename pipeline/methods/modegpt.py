@@ -25,7 +25,7 @@ class ModeGPT(Method):
         stats = {n: t.to(device) for n, t in sums.items()}
         heads = adapter.head_layout()
         solution, errors = solve_modegpt_layer(stats, DenseLayer.from_layer(layer, heads, device), plan, heads,
-                                               settings)
+                                               settings, layer=layer.index)
         # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
         tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
         return tensors, errors

@@ -39,14 +39,21 @@ def psd_pinv_solve(a: Tensor, b: Tensor) -> Tensor:
 
 def psd_solve(a: Tensor, b: Tensor) -> Tensor:
     """a⁻¹ b via Cholesky; falls back to the pseudo-inverse when a is singular (e.g. no ridge, dead units)."""
+    return psd_solve_factored(a, b)[0]
+
+
+def psd_solve_factored(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor | None]:
+    """``psd_solve``, also returning the Cholesky factor it used (None: a was singular, the pseudo-inverse
+    solved), so a caller can tell from the pivots how near singular a was at no extra cost."""
     chol, info = torch.linalg.cholesky_ex(symmetric(a))
     if int(info) == 0:
-        return torch.cholesky_solve(b, chol)
-    return psd_pinv_solve(a, b)
+        return torch.cholesky_solve(b, chol), chol
+    return psd_pinv_solve(a, b), None
 
 
-def psd_sqrt_pair(c: Tensor, eig_floor: float) -> tuple[Tensor, Tensor]:
-    """C^{1/2} and C^{-1/2} from one eigendecomposition, eigenvalues floored at eig_floor·max.
+def psd_sqrt_pair(c: Tensor, eig_floor: float) -> tuple[Tensor, Tensor, int]:
+    """C^{1/2} and C^{-1/2} from one eigendecomposition, eigenvalues floored at eig_floor·max, and how many
+    eigenvalues the floor raised (C's numerical rank deficiency: the floor is a safeguard that fired).
 
     Both roots use the same floored spectrum, so C^{-1/2} C^{1/2} = I exactly (up to rounding) even for a
     rank-deficient C; that is what makes a full-rank Type-III solution reproduce the dense weights.
@@ -55,11 +62,12 @@ def psd_sqrt_pair(c: Tensor, eig_floor: float) -> tuple[Tensor, Tensor]:
     top = evals.max()
     if not bool(top > 0):
         raise ValueError(f"correlation has no positive eigenvalue (max {float(top)}); cannot whiten")
-    floored = evals.clamp_min(eig_floor * top)
-    root = floored.sqrt()
+    floor = eig_floor * top
+    raised = int((evals < floor).sum())
+    root = evals.clamp_min(floor).sqrt()
     sqrt_c = (evecs * root) @ evecs.T
     inv_sqrt_c = (evecs / root) @ evecs.T
-    return sqrt_c, inv_sqrt_c
+    return sqrt_c, inv_sqrt_c, raised
 
 
 def stable_top_indices(scores: Tensor, k: int) -> Tensor:

@@ -13,7 +13,7 @@ from pipeline.modegpt._linalg import (
     check_square,
     psd_eigh,
     psd_pinv_solve,
-    psd_solve,
+    psd_solve_factored,
     stable_top_indices,
     symmetric,
 )
@@ -21,10 +21,28 @@ from pipeline.modegpt._linalg import (
 
 @dataclass(frozen=True)
 class MlpSolution:
-    """Kept intermediate columns J (ascending) and the updated down projection W_D' (keep × d, FP64)."""
+    """Kept intermediate columns J (ascending) and the updated down projection W_D' (keep × d, FP64).
+
+    The safeguards that fired, for the caller to report: ``leverage_eigh`` (C + λI was not positive definite,
+    the scores came from an eigendecomposition), ``ridge`` (ρ added to C_JJ), ``ridge_pivots`` (pivots of
+    C_JJ + ρI below ρ/√nystrom_ridge: directions where C_JJ is (near) singular and the ridge made it solvable) and
+    ``pseudo_inverse`` (C_JJ + ρI was still singular: the pseudo-inverse solved).
+    """
 
     index: Tensor
     w_down: Tensor
+    leverage_eigh: bool = False
+    ridge: float = 0.0
+    ridge_pivots: int = 0
+    pseudo_inverse: bool = False
+
+
+@dataclass(frozen=True)
+class _Update:
+    w_down: Tensor
+    ridge: float
+    ridge_pivots: int
+    pseudo_inverse: bool
 
 
 def _check_mlp(corr: Tensor, w_down: Tensor) -> None:
@@ -42,6 +60,11 @@ def ridge_leverage_scores(corr: Tensor, ridge_lambda: float) -> Tensor:
     (tests/pipeline/modegpt/test_mlp.py). If C is indefinite beyond λ (rounding), the factorisation fails and
     the eigendecomposition form, with negative eigenvalues clipped, is used. Every score lies in [0, 1].
     """
+    return _leverage_scores(corr, ridge_lambda)[0]
+
+
+def _leverage_scores(corr: Tensor, ridge_lambda: float) -> tuple[Tensor, bool]:
+    """``ridge_leverage_scores`` and whether it fell back to the eigendecomposition."""
     check_square("corr", corr)
     if not ridge_lambda > 0.0:
         raise ValueError(f"ridge_lambda must be > 0, got {ridge_lambda}")
@@ -50,9 +73,9 @@ def ridge_leverage_scores(corr: Tensor, ridge_lambda: float) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(shifted)
     del shifted  # D x D FP64 each: at 70B scale (D = 28672) every copy is 6 GiB of device memory
     if int(info) != 0:
-        return _leverage_from_eigh(corr, ridge_lambda)
+        return _leverage_from_eigh(corr, ridge_lambda), True
     inverse_diag = _inverse_diagonal(chol, triangular_solve=chol.device.type != "cpu")
-    return (1.0 - ridge_lambda * inverse_diag).clamp(0.0, 1.0)
+    return (1.0 - ridge_lambda * inverse_diag).clamp(0.0, 1.0), False
 
 
 def _inverse_diagonal(chol: Tensor, triangular_solve: bool) -> Tensor:
@@ -78,14 +101,23 @@ def _leverage_from_eigh(corr: Tensor, ridge_lambda: float) -> Tensor:
 
 
 def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float,
-                    corr_w: Tensor | None = None) -> Tensor:
+                    corr_w: Tensor | None = None) -> _Update:
     c_jj = corr[index][:, index]
     rhs = corr[index] @ w_down if corr_w is None else corr_w[index]
+    ridge = 0.0
     if nystrom_ridge > 0.0:
         # Relative ridge: scale-free, and it keeps C_JJ solvable when D ≫ d makes it near-singular.
         scale = torch.diagonal(c_jj).mean().clamp_min(0.0)
+        ridge = float(nystrom_ridge * scale)
         c_jj = c_jj + (nystrom_ridge * scale) * torch.eye(c_jj.shape[0], dtype=F64, device=c_jj.device)
-    return psd_solve(c_jj, rhs)
+    w, chol = psd_solve_factored(c_jj, rhs)
+    # A pivot L_ii² within √(nystrom_ridge) of the scale is one the ridge moved by more than √(nystrom_ridge)
+    # relatively: C_JJ is (near) singular there. Singular directions leave pivots of a few ρ (the Schur
+    # complements carry the ridge along), so the threshold sits between ρ and the scale.
+    pivots = 0
+    if chol is not None and ridge > 0.0:
+        pivots = int((torch.diagonal(chol).square() < ridge / nystrom_ridge**0.5).sum())
+    return _Update(w_down=w, ridge=ridge, ridge_pivots=pivots, pseudo_inverse=chol is None)
 
 
 def nystrom_mlp(
@@ -112,15 +144,18 @@ def nystrom_mlp(
     w = as_f64(w_down)
     if keep == full:
         return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
-    index = stable_top_indices(ridge_leverage_scores(c, ridge_lambda), keep)
+    scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
+    index = stable_top_indices(scores, keep)
     corr_w = None if corr_w is None else as_f64(corr_w)
-    return MlpSolution(index=index, w_down=_nystrom_update(c, w, index, nystrom_ridge, corr_w))
+    update = _nystrom_update(c, w, index, nystrom_ridge, corr_w)
+    return MlpSolution(index=index, w_down=update.w_down, leverage_eigh=leverage_eigh, ridge=update.ridge,
+                       ridge_pivots=update.ridge_pivots, pseudo_inverse=update.pseudo_inverse)
 
 
 def nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float = 1e-6) -> Tensor:
     """The W_D update for a given column selection (used to compare selection rules on equal footing)."""
     _check_mlp(corr, w_down)
-    return _nystrom_update(as_f64(corr), as_f64(w_down), index.to(torch.long), nystrom_ridge)
+    return _nystrom_update(as_f64(corr), as_f64(w_down), index.to(torch.long), nystrom_ridge).w_down
 
 
 def mlp_residual(corr: Tensor, w_down: Tensor, index: Tensor) -> float:

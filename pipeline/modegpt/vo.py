@@ -12,10 +12,14 @@ from pipeline.modegpt._linalg import as_f64, check_square, psd_sqrt_pair, symmet
 
 @dataclass(frozen=True)
 class VoSolution:
-    """Compressed value and output projections: w_v [n_kv, d, rank], w_o [n_h, rank, d] (FP64)."""
+    """Compressed value and output projections: w_v [n_kv, d, rank], w_o [n_h, rank, d] (FP64).
+
+    ``floored``: eigenvalues of the correlation that ``eig_floor`` raised (0 for a well-conditioned one).
+    """
 
     w_v: Tensor
     w_o: Tensor
+    floored: int = 0
 
 
 def _check_vo(corr: Tensor, w_v: Tensor, w_o: Tensor) -> tuple[int, int, int, int]:
@@ -55,7 +59,7 @@ def vo_svd(corr: Tensor, w_v: Tensor, w_o: Tensor, rank: int, eig_floor: float =
     n_kv, group, d, head_dim = _check_vo(corr, w_v, w_o)
     if not 1 <= rank <= head_dim:
         raise ValueError(f"rank must lie in [1, {head_dim}], got {rank}")
-    sqrt_c, inv_sqrt_c = psd_sqrt_pair(corr, eig_floor)
+    sqrt_c, inv_sqrt_c, floored = psd_sqrt_pair(corr, eig_floor)
     o_cat = _concat_groups(as_f64(w_o), n_kv, group)
     u, sigma, vh = torch.linalg.svd(sqrt_c @ as_f64(w_v), full_matrices=False)
     u2, sigma2, vh2 = torch.linalg.svd((sigma.unsqueeze(-1) * vh) @ o_cat, full_matrices=False)
@@ -66,7 +70,7 @@ def vo_svd(corr: Tensor, w_v: Tensor, w_o: Tensor, rank: int, eig_floor: float =
     if avail < rank:
         new_v = torch.cat([new_v, new_v.new_zeros(n_kv, d, rank - avail)], dim=-1)
         new_o = torch.cat([new_o, new_o.new_zeros(n_kv, rank - avail, group * d)], dim=-2)
-    return VoSolution(w_v=new_v, w_o=_split_groups(new_o, group))
+    return VoSolution(w_v=new_v, w_o=_split_groups(new_o, group), floored=floored)
 
 
 def fold_value_bias(b_v: Tensor, w_o: Tensor, b_o: Tensor, group_size: int) -> Tensor:
