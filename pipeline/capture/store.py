@@ -44,8 +44,15 @@ class CorrelationStore:
 
     # --- creation -----------------------------------------------------------------------------------
     def create_arrays(self, num_layers: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
-        """Create the arrays if absent (idempotent, so a resumed capture reuses them)."""
+        """Create the arrays if absent (idempotent, so a resumed capture reuses them).
+
+        Also removes the ``*.partial`` temp files of chunk writes that a killed capture left: zarr writes each
+        chunk to one and renames it, so a leftover one is garbage (the capture lock rules out a live writer).
+        """
         import zarr
+
+        for stale in self.zarr_path.rglob("*.partial") if self.zarr_path.is_dir() else ():
+            stale.unlink(missing_ok=True)
 
         group = zarr.open_group(str(self.zarr_path), mode="a", zarr_format=3)
         existing = set(group.array_keys())
