@@ -30,6 +30,8 @@ from pipeline.artifacts import (
 from pipeline.artifacts.readers import checkpoint_dir
 from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.evaluation.retention import margin_retention
+from pipeline.evaluation.zero_shot import task_scores
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,12 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     metrics["dense"] = {k: dense[k] for k in ("wikitext2", "zero_shot") if k in dense}
     if "zero_shot" in metrics and "zero_shot" in dense:
         metrics["retention"] = metrics["zero_shot"]["average"] / dense["zero_shot"]["average"]
-        log.info("zero-shot retention %.3f (%.4f vs dense %.4f)", metrics["retention"],
-                 metrics["zero_shot"]["average"], dense["zero_shot"]["average"])
+        margin = margin_retention(task_scores(metrics["zero_shot"]), task_scores(dense["zero_shot"]))
+        metrics["margin_retention"] = margin["mean"]
+        metrics["margin_retention_detail"] = margin
+        log.info("zero-shot retention %.3f, above-chance %s (%.4f vs dense %.4f)", metrics["retention"],
+                 "n/a" if margin["mean"] is None else f"{margin['mean']:.3f}", metrics["zero_shot"]["average"],
+                 dense["zero_shot"]["average"])
     if "wikitext2" in metrics and "wikitext2" in dense:
         metrics["perplexity_ratio"] = metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"]
     _write(target, expected, metrics)
