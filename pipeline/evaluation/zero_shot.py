@@ -106,6 +106,7 @@ def run_zero_shot(
     seed: int = 1234,
     average_metric: AverageMetric = "acc_norm_if_present",
     bootstrap_iters: int = 1000,
+    request_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate an in-memory causal LM on lm-eval tasks; returns ``summarize``'s flat dict.
 
@@ -113,6 +114,11 @@ def run_zero_shot(
     access disabled; otherwise lm-eval's stock tasks download their data. ``batch_size`` changes results slightly
     (padding), so keep it fixed across compared runs. ``bootstrap_iters`` only matters for LAMBADA's perplexity
     stderr: accuracy stderrs are closed-form (lm-eval skips all stderrs when it is 0).
+
+    ``request_cache`` (a path prefix; lm-eval adds ``_rank<N>.db``) keeps every answered request in sqlite as it is
+    computed, keyed by the request's own arguments: an interrupted evaluation resumes with only the missing
+    requests, and a repeated one sends none to the model. The path must identify the model's weights (see
+    ``ArtifactPaths.eval_request_cache``): lm-eval cannot tell two models apart.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -136,6 +142,7 @@ def run_zero_shot(
             model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot, limit=limit,
             bootstrap_iters=bootstrap_iters, log_samples=False, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed,
+            use_cache=None if request_cache is None else str(request_cache),
         )
     if raw is None:  # only non-zero ranks of a distributed run get None
         raise RuntimeError("lm-eval returned no results")
