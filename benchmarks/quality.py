@@ -1,32 +1,39 @@
-"""WikiText-2 perplexity of dense vs MoDeGPT vs baselines at several block compression rates.
+"""Methods x rates at equal parameter count: WikiText-2 perplexity and (optionally) zero-shot accuracy ± stderr.
 
 Runs the pipeline's own stages (prepare, tokenize, capture once, solve per rate and method), builds each
 compressed model in memory and prints one Markdown table; JSON goes to outputs/benchmarks/quality.json.
 
-    .venv/bin/python benchmarks/quality.py --max-windows 8            # quick CPU run (first 8 windows)
-    .venv/bin/python benchmarks/quality.py calibration=paper          # the paper's 128 x 2048 calibration
+    .venv/bin/python benchmarks/quality.py                                   # perplexity, 32 windows, every method
+    .venv/bin/python benchmarks/quality.py --zero-shot                       # + 500 items per task (hours on CPU)
+    .venv/bin/python benchmarks/quality.py --zero-shot --rates 0.25 --max-windows 0 --limit 0   # the full splits
+    .venv/bin/python benchmarks/quality.py calibration=paper                 # the paper's 128 x 2048 calibration
 
-Baselines at equal parameter count: `uniform` (MoDeGPT with the same sparsity in every layer) and
-`weight_svd` (each weight matrix replaced by its truncated SVD, rank chosen for the same parameter count).
+Methods: `modegpt` (BI allocation), `uniform` (MoDeGPT, the same sparsity in every layer), `weight_svd`
+(truncated SVD of each weight, rank for the same parameter count), `layer_removal` (ShortGPT: whole blocks of
+lowest Block Influence) and `whitened_svd` (SVD-LLM: SVD in each linear's whitened input space). Zero-shot answers
+are cached per solve (lm-eval's request cache under <root>/cache/eval-requests), so an interrupted run resumes and
+a rerun costs only what is new.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_for
-from pipeline.artifacts import ArtifactPaths, achieved_rates, atomic_write_json, layer_file, read_manifest
+from pipeline.artifacts import ArtifactPaths, achieved_rates, atomic_write_json, model_fingerprint, read_manifest
 from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.evaluation.retention import margin_retention
+from pipeline.evaluation.tasks import PAPER_TASKS
+from pipeline.methods import method_named
 from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
@@ -34,7 +41,10 @@ METHODS = {  # name -> compression overrides
     "modegpt": ["compression.method=modegpt", "compression.allocation=bi"],
     "uniform": ["compression.method=modegpt", "compression.allocation=uniform"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
+    "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
+    "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
 }
+NO_EPSILON = ("dense", "weight_svd", "whitened_svd", "layer_removal")  # methods the BI temperature does not touch
 
 
 def compose_cfg(overrides: list[str]):
@@ -43,29 +53,53 @@ def compose_cfg(overrides: list[str]):
     return cfg
 
 
-def weight_svd_model(dense: torch.nn.Module, family: str, solve_dir: Path) -> torch.nn.Module:
-    """The dense model with every block weight replaced by its low-rank product (same function as A·B)."""
-    model = copy.deepcopy(dense)
-    adapter = adapter_for(model, family)
-    for i, layer in enumerate(adapter.layers()):
-        factors = load_file(str(layer_file(solve_dir, i)))
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj"):
-            module = getattr(layer, name)
-            if module is not None:
-                w = (factors[f"{name}.a"] @ factors[f"{name}.b"]).T
-                module.weight.data.copy_(w.to(module.weight.dtype))
-    return model
+def compressed_model(dense: torch.nn.Module, adapter: Any, cfg: Any, solve_dir: Path) -> tuple[torch.nn.Module, int]:
+    """The solved model in memory and its parameter count (the solve's, for methods evaluated as dense-shaped
+    low-rank products)."""
+    method = method_named(cfg.compression.method)
+    if method.assemblable:
+        plans, solutions, _ = load_solution(cfg)
+        model = build_compressed_model(dense, adapter, plans, solutions)
+        return model, count_parameters(model)
+    return method.in_memory_model(dense, cfg.model.family, solve_dir), read_manifest(solve_dir).extra[
+        "compressed_params"]
+
+
+def _pm(value: float | None, stderr: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{100 * value:.2f}" + ("" if stderr is None else f" ± {100 * stderr:.2f}")
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print("| method | target rate | ε | block params removed | params | perplexity | zero-shot avg ± se | "
+          "retention | above-chance retention |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        eps = "" if r["method"] in NO_EPSILON else f"{r['epsilon']:g}"
+        zs = r.get("zero_shot") or {}
+        print(f"| {r['method']} | {r['rate']:g} | {eps} | {r['block_rate']:.1%} | {r['params'] / 1e6:.1f}M | "
+              f"{r['ppl']:.2f} | {_pm(zs.get('average'), zs.get('average_stderr'))} | "
+              f"{_ratio(r.get('retention'))} | {_ratio(r.get('margin_retention'))} |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.25, 0.3, 0.4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--epsilons", type=float, nargs="*", default=[0.02, 0.05, 0.1, 0.2, 0.5],
-                        help="BI temperatures for the sensitivity sweep (at --epsilon-rate)")
+    parser.add_argument("--epsilons", type=float, nargs="*", default=[],
+                        help="BI temperatures for a MoDeGPT sensitivity sweep at --epsilon-rate, e.g. 0.02 0.05 0.2")
     parser.add_argument("--epsilon-rate", type=float, default=0.3)
-    parser.add_argument("--max-windows", type=int, default=None, help="first N 2048-token windows (None: all)")
+    parser.add_argument("--max-windows", type=int, default=32, help="first N windows; 0: the whole test split")
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--zero-shot", action="store_true", help="also lm-eval zero-shot accuracy (offline tasks)")
+    parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS))
+    parser.add_argument("--limit", type=int, default=500, help="items per task; 0: the full splits")
+    parser.add_argument("--batch-size", type=int, default=None, help="lm-eval batch size (default: eval.batch_size)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. calibration=paper")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -80,13 +114,27 @@ def main() -> None:
     ids = tokenize_stream(tokenizer, text)
     adapter = adapter_for(dense, cfg.model.family)
     dense_params, dense_block = adapter.total_params(), adapter.block_linear_params()
+    max_windows = args.max_windows or None
+    limit = args.limit or None
+    batch_size = args.batch_size or cfg.eval.batch_size
 
-    def evaluate(model: torch.nn.Module) -> float:
-        return perplexity(model, ids, args.seq_len, max_windows=args.max_windows)["perplexity"]
+    def zero_shot(model: torch.nn.Module, fingerprint: str) -> dict[str, Any] | None:
+        if not args.zero_shot:
+            return None
+        from pipeline.evaluation import run_zero_shot
 
-    rows = [{"method": "dense", "rate": 0.0, "epsilon": None, "ppl": evaluate(dense), "params": dense_params,
-             "block_rate": 0.0, "model_rate": 0.0}]
-    print(f"dense: ppl {rows[0]['ppl']:.3f}", flush=True)
+        return run_zero_shot(model, tokenizer, args.tasks, batch_size, limit, cfg.eval.offline, paths.root / "cache",
+                             seed=cfg.eval.seed, average_metric=cfg.eval.average_metric,
+                             request_cache=paths.eval_request_cache(fingerprint))
+
+    def evaluate(model: torch.nn.Module, fingerprint: str) -> dict[str, Any]:
+        ppl = perplexity(model, ids, args.seq_len, max_windows=max_windows)["perplexity"]
+        return {"ppl": ppl, "zero_shot": zero_shot(model, fingerprint)}
+
+    dense_row = {"method": "dense", "rate": 0.0, "epsilon": None, "params": dense_params, "block_rate": 0.0,
+                 "model_rate": 0.0, **evaluate(dense, model_fingerprint(cfg, paths.dense_model))}
+    rows = [dense_row]
+    print(f"dense: ppl {dense_row['ppl']:.3f}", flush=True)
     jobs = [(m, r, None) for r in args.rates for m in args.methods]
     jobs += [("modegpt", args.epsilon_rate, e) for e in args.epsilons if e != cfg.compression.temperature]
     for method, rate, eps in jobs:
@@ -96,35 +144,38 @@ def main() -> None:
             over.append(f"compression.temperature={eps}")
         job_cfg = compose_cfg(over)
         solve_dir = solve.run(job_cfg)
-        manifest = read_manifest(solve_dir)
-        if method == "weight_svd":
-            model = weight_svd_model(dense, cfg.model.family, solve_dir)
-            params = manifest.extra["compressed_params"]
-        else:
-            plans, solutions, _ = load_solution(job_cfg)
-            model = build_compressed_model(dense, adapter, plans, solutions)
-            params = count_parameters(model)
+        model, params = compressed_model(dense, adapter, job_cfg, solve_dir)
         rates = achieved_rates(dense_params, dense_block, params)
         row = {"method": method, "rate": rate, "epsilon": eps if eps is not None else job_cfg.compression.temperature,
-               "ppl": evaluate(model), "params": params, "block_rate": rates["achieved_block_rate"],
-               "model_rate": rates["achieved_model_rate"]}
+               "params": params, "block_rate": rates["achieved_block_rate"], "model_rate": rates["achieved_model_rate"],
+               **evaluate(model, read_manifest(solve_dir).fingerprint)}
+        if row["zero_shot"] is not None:
+            row["retention"] = row["zero_shot"]["average"] / dense_row["zero_shot"]["average"]
+            from pipeline.evaluation.zero_shot import task_scores
+
+            row["margin_retention"] = margin_retention(task_scores(row["zero_shot"]),
+                                                       task_scores(dense_row["zero_shot"]))["mean"]
         rows.append(row)
         print(f"{method} rate {rate} eps {row['epsilon']}: ppl {row['ppl']:.3f} params {params} "
               f"(block rate {row['block_rate']:.4f}) [{time.perf_counter() - start:.0f} s]", flush=True)
         del model
 
-    n_windows = min(ids.numel() // args.seq_len, args.max_windows or 10**9)
-    print(f"\nWikiText-2 test perplexity ({source}; {n_windows} windows of {args.seq_len} tokens), "
-          f"model {cfg.model.name}, calibration {paths.calibration_key}\n")
-    print("| method | target rate | ε | block params removed | model params removed | params | perplexity |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        eps = "" if r["method"] in ("dense", "weight_svd") else f"{r['epsilon']:g}"
-        print(f"| {r['method']} | {r['rate']:g} | {eps} | {r['block_rate']:.1%} | {r['model_rate']:.1%} | "
-              f"{r['params'] / 1e6:.1f}M | {r['ppl']:.2f} |")
+    n_windows = min(ids.numel() // args.seq_len, max_windows or 10**9)
+    print(f"\nModel {cfg.model.name}, calibration {paths.calibration_key}. WikiText-2 test perplexity ({source}; "
+          f"{n_windows} windows of {args.seq_len} tokens{', the whole split' if max_windows is None else ''}).")
+    if args.zero_shot:
+        counts = {t: (v["n"], v["n_total"]) for t, v in dense_row["zero_shot"].items()
+                  if isinstance(v, dict) and "acc" in v}
+        print("Zero-shot (lm-eval, offline tasks, acc_norm where reported): items per task "
+              + ", ".join(f"{t} {n}/{total}" for t, (n, total) in counts.items())
+              + "; ± is one standard error; above-chance retention = mean over tasks of "
+              "(acc − chance) / (dense acc − chance).")
+    print()
+    print_table(rows)
     out = Path(cfg.paths.root) / "benchmarks" / "quality.json"
-    atomic_write_json(out, {"source": source, "windows": n_windows, "seq_len": args.seq_len,
-                            "calibration": paths.calibration_key, "model": cfg.model.name, "rows": rows})
+    atomic_write_json(out, {"source": source, "windows": n_windows, "seq_len": args.seq_len, "limit": limit,
+                            "tasks": args.tasks if args.zero_shot else [], "calibration": paths.calibration_key,
+                            "model": cfg.model.name, "rows": rows})
     print(f"\nwritten {out}")
 
 

@@ -23,19 +23,24 @@ from pipeline.artifacts import (
     expected_dense_evaluation,
     expected_evaluation,
     manifest_path,
+    model_fingerprint,
     prepare_output,
     read_json,
     write_manifest,
 )
 from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.evaluation.retention import margin_retention
+from pipeline.evaluation.zero_shot import task_scores
 from pipeline.inputs import check_model_source
 from pipeline.readers import checkpoint_dir
 
 log = logging.getLogger(__name__)
 
-def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: Path) -> dict[str, Any]:
-    """Perplexity and zero-shot results of one model, as a flat JSON-able dict."""
+def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: Path,
+                   request_cache: Path | None = None) -> dict[str, Any]:
+    """Perplexity and zero-shot results of one model, as a flat JSON-able dict (zero-shot requests cached in
+    ``request_cache``, see ``run_zero_shot``)."""
     e = cfg.eval
     device = resolve_device(cfg.device)
     model.to(device)
@@ -52,7 +57,8 @@ def evaluate_model(model: torch.nn.Module, tokenizer: Any, cfg: Any, work_dir: P
 
         start = time.perf_counter()
         zs = run_zero_shot(model, tokenizer, list(e.tasks), e.batch_size, e.limit, e.offline, work_dir,
-                           num_fewshot=e.num_fewshot, seed=e.seed, average_metric=e.average_metric)
+                           num_fewshot=e.num_fewshot, seed=e.seed, average_metric=e.average_metric,
+                           request_cache=request_cache)
         out["zero_shot"] = zs | {"seconds": round(time.perf_counter() - start, 1)}
         log.info("zero-shot average %.4f over %s", zs["average"], ", ".join(e.tasks))
     return out
@@ -86,7 +92,8 @@ def evaluate_dense(cfg: Any) -> dict[str, Any]:
     model = load_model(cfg, paths.dense_model)
     metrics = {"model": cfg.model.name, "rate": 0.0, "compressed": False,
                "params": sum(p.numel() for p in model.parameters())}
-    metrics |= evaluate_model(model, load_tokenizer(cfg, paths.dense_model), cfg, paths.root / "cache")
+    cache = paths.eval_request_cache(model_fingerprint(cfg, paths.dense_model))
+    metrics |= evaluate_model(model, load_tokenizer(cfg, paths.dense_model), cfg, paths.root / "cache", cache)
     _write(target, expected, metrics)
     return metrics
 
@@ -115,12 +122,17 @@ def run(cfg: Any, rate: float | None = None) -> Path:
                "dense_params": extra["dense_params"], "method": cfg.compression.method,
                "allocation": cfg.compression.allocation, "temperature": cfg.compression.temperature}
     log.info("evaluating %s", ckpt)
-    metrics |= evaluate_model(model, AutoTokenizer.from_pretrained(ckpt), cfg, paths.root / "cache")
+    cache = paths.eval_request_cache(ckpt_manifest["fingerprint"])
+    metrics |= evaluate_model(model, AutoTokenizer.from_pretrained(ckpt), cfg, paths.root / "cache", cache)
     metrics["dense"] = {k: dense[k] for k in ("wikitext2", "zero_shot") if k in dense}
     if "zero_shot" in metrics and "zero_shot" in dense:
         metrics["retention"] = metrics["zero_shot"]["average"] / dense["zero_shot"]["average"]
-        log.info("zero-shot retention %.3f (%.4f vs dense %.4f)", metrics["retention"],
-                 metrics["zero_shot"]["average"], dense["zero_shot"]["average"])
+        margin = margin_retention(task_scores(metrics["zero_shot"]), task_scores(dense["zero_shot"]))
+        metrics["margin_retention"] = margin["mean"]
+        metrics["margin_retention_detail"] = margin
+        log.info("zero-shot retention %.3f, above-chance %s (%.4f vs dense %.4f)", metrics["retention"],
+                 "n/a" if margin["mean"] is None else f"{margin['mean']:.3f}", metrics["zero_shot"]["average"],
+                 dense["zero_shot"]["average"])
     if "wikitext2" in metrics and "wikitext2" in dense:
         metrics["perplexity_ratio"] = metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"]
     _write(target, expected, metrics)

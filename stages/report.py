@@ -38,11 +38,26 @@ def _task_score(entry: dict[str, Any], average_metric: str | None) -> float:
     return entry["acc"]
 
 
+def _task_stderr(entry: dict[str, Any], average_metric: str | None) -> float | None:
+    if average_metric != "acc" and entry.get("acc_norm") is not None:
+        return entry.get("acc_norm_stderr")
+    return entry.get("acc_stderr")
+
+
+def percent_pm(value: float, stderr: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage with its standard error ("61.2 ± 1.1"), or alone when it has none."""
+    return f"{100 * value:.{digits}f}" + ("" if stderr is None else f" ± {100 * stderr:.{digits}f}")
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.1%}"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     zero_shot = next((r["zero_shot"] for r in rows if "zero_shot" in r), {})
     tasks = [t for t, v in zero_shot.items() if isinstance(v, dict) and "acc" in v]
-    head = ["model", "target rate", "block params removed", "params", "WikiText-2 ppl", *tasks, "zero-shot avg",
-            "retention"]
+    head = ["model", "target rate", "block params removed", "params", "WikiText-2 ppl", *tasks, "zero-shot avg ± se",
+            "retention", "above-chance retention"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in sorted(rows, key=lambda r: (r["method"] != "dense", _series_name(r) if r["method"] != "dense" else "",
                                          r["rate"])):
@@ -53,12 +68,29 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"{r.get('achieved_block_rate', 0.0):.1%}",
             f"{r['params'] / 1e6:.1f}M",
             f"{r['wikitext2']['perplexity']:.2f}" if "wikitext2" in r else "",
-            *[f"{100 * _task_score(zs[t], zs.get('average_metric')):.1f}" if t in zs else "" for t in tasks],
-            f"{100 * zs['average']:.2f}" if "average" in zs else "",
-            f"{r['retention']:.1%}" if "retention" in r else "",
+            *[percent_pm(_task_score(zs[t], zs.get("average_metric")), _task_stderr(zs[t], zs.get("average_metric")))
+              if t in zs else "" for t in tasks],
+            percent_pm(zs["average"], zs.get("average_stderr"), 2) if "average" in zs else "",
+            _ratio(r.get("retention")),
+            _ratio(r.get("margin_retention")),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def evaluation_extent(rows: list[dict[str, Any]]) -> str:
+    """What the figures rest on: perplexity windows, items per task (of the split), and what ± and retention mean."""
+    parts = []
+    ppl = next((r["wikitext2"] for r in rows if "wikitext2" in r), None)
+    if ppl is not None:
+        parts.append(f"Perplexity over {ppl['windows']} windows of {ppl['seq_len']} tokens.")
+    zs = next((r["zero_shot"] for r in rows if "zero_shot" in r), {})
+    items = [f"{t} {v.get('n')}/{v.get('n_total')}" for t, v in zs.items() if isinstance(v, dict) and "acc" in v]
+    if items:
+        parts.append(f"Zero-shot items evaluated per task (of the split): {', '.join(items)}.")
+        parts.append("± is one standard error (lm-eval's per task; the average's is sqrt(sum se²)/n). Above-chance "
+                     "retention is the mean over tasks of (acc − chance) / (dense acc − chance).")
+    return " ".join(parts)
 
 
 def _figure(ncols: int = 1, size: tuple[float, float] = (6, 4), **kwargs: Any) -> tuple[Any, Any]:
@@ -146,7 +178,7 @@ def run(cfg: Any) -> Path:
     source = next((r["wikitext2"]["source"] for r in rows if "wikitext2" in r), "n/a")
     settings = next((r["zero_shot"].get("settings") for r in rows if "zero_shot" in r), None)
     text = (f"# MoDeGPT report: {cfg.model.name}, calibration {paths.calibration_key}\n\n"
-            f"{markdown_table(rows)}\n"
+            f"{markdown_table(rows)}\n{evaluation_extent(rows)}\n\n"
             f"Perplexity: {source}. Zero-shot settings: {settings}.\n\n"
             "![perplexity](perplexity_vs_rate.png)\n![zero-shot](zero_shot_vs_rate.png)\n![kept](kept_dims.png)\n")
     atomic_write_text(out / "report.md", text)

@@ -38,7 +38,7 @@ from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.plan import LayerPlan
 from pipeline.readers import layer_errors, open_store, stored_numel
-from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
+from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     model = load_model(cfg, paths.dense_model)
     adapter = adapter_for(model, cfg.model.family)
     num_layers = adapter.num_layers
-    plans, plan_doc = _plan(cfg, store, adapter, target_rate)
+    method = method_named(k.method)
+    plans, plan_doc = _plan(cfg, store, adapter, method, target_rate)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
         if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
@@ -70,7 +71,6 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         write_manifest(target, expected)
         atomic_write_json(target / PLAN, plan_doc)
 
-    method = method_named(k.method)
     settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
     errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     todo = [i for i in range(num_layers) if i not in errors]
@@ -113,15 +113,16 @@ def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch
     return err
 
 
-def _plan(cfg: Any, store: Any, adapter: Any, target_rate: float) -> tuple[list[LayerPlan], dict[str, Any]]:
-    """Per-layer sparsities (from the store's Block Influence sums) and kept widths, plus plan.json's content."""
+def _plan(cfg: Any, store: Any, adapter: Any, method: Method, target_rate: float
+          ) -> tuple[list[LayerPlan], dict[str, Any]]:
+    """Per-layer sparsities (the method's, from the store's Block Influence sums) and kept widths, plus plan.json's
+    content."""
     k = cfg.compression
     shape, heads = adapter.block_shape(), adapter.head_layout()
     scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens"))
                for i in range(adapter.num_layers)]
     block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
-    phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, k.max_sparsity)
-    plans = [plan_layer(float(p), shape, k.round_to) for p in phi]
+    plans = method.plan(block_influence, target_rate, k, adapter)
     doc = {"rate": target_rate, "allocation": k.allocation, "method": k.method,
            "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
            "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}

@@ -8,6 +8,7 @@
     <root>/<model>/<calibration>/eval/<eval tag>/<tag>/metrics.json and <root>/<model>/eval/<eval tag>/dense/
     <root>/<model>/<calibration>/metrics/r<rate>.json          the latest metrics of one rate (for DVC)
     <root>/<model>/<calibration>/report/                       report
+    <root>/cache/eval-requests/<key>_rank0.db                  lm-eval's request cache of one model (sqlite)
 
 Each artifact directory also holds a ``manifest.json``.
 """
@@ -25,6 +26,8 @@ PLAN = "plan.json"
 METRICS = "metrics.json"
 LAYERS_DIR = "layers"
 
+# Eval keys that can change a loglikelihood answer to the same request text (batch composition changes padding).
+REQUEST_CACHE_KEYS = ("batch_size",)
 EVAL_KEYS = (
     "tasks", "limit", "batch_size", "num_fewshot", "offline", "average_metric", "seed", "perplexity", "wikitext_path",
     "perplexity_max_windows", "perplexity_batch_size",
@@ -128,6 +131,18 @@ class ArtifactPaths:
 
     def evaluation(self, rate: float | None = None) -> Path:
         return self.evaluations / self.compression_tag(rate)
+
+    def eval_request_cache(self, model_fingerprint: str) -> Path:
+        """lm-eval's request cache for one model (``use_cache`` prefix: lm-eval adds ``_rank<N>.db``).
+
+        Keyed by the model's fingerprint (checkpoint or dense weights) and what changes a request's answer (batch
+        size, dtype, context length, device), not by the task list or limit: requests are cached by their own text,
+        so a larger limit or another task reuses every answer already computed.
+        """
+        e = self.cfg.eval
+        key = {"model": model_fingerprint, **{k: e[k] for k in REQUEST_CACHE_KEYS},
+               "seq_len": self.cfg.model.max_seq_len, "dtype": self.cfg.model.dtype, "device": self.cfg.device}
+        return self.root / "cache" / "eval-requests" / fingerprint(key)[:16]
 
     @property
     def dense_evaluation(self) -> Path:

@@ -1,6 +1,9 @@
 """Capture: per-layer FP64 activation statistics of the dense model, stored in a Zarr v3 store."""
 
-from .stats import STAT_NAMES, LayerStats, LayerStatsCollector, stat_shapes
+from .stats import OPTIONAL_STATS, STAT_NAMES, LayerStats, LayerStatsCollector, stat_shapes
 from .store import CorrelationStore, LayerWriter
 
-__all__ = ["STAT_NAMES", "CorrelationStore", "LayerStats", "LayerWriter", "LayerStatsCollector", "stat_shapes"]
+__all__ = [
+    "OPTIONAL_STATS", "STAT_NAMES", "CorrelationStore", "LayerStats", "LayerWriter", "LayerStatsCollector",
+    "stat_shapes",
+]

@@ -14,7 +14,10 @@ import torch.nn.functional as F
 
 from pipeline.adapters import HeadLayout, LayerAdapter, output_source
 
-STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens")
+STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens", "mlp_in_gram", "o_in_gram")
+# Read only by the whitened-SVD baseline. Stores captured before they existed lack them and still solve MoDeGPT,
+# so they are optional (no capture code-version bump): whitened_svd asks for a recapture when they are missing.
+OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram")
 
 
 def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, tuple[int, ...]]:
@@ -26,6 +29,8 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, 
         "k_energy": (heads.num_kv_heads, heads.head_dim),
         "bi_cos": (),  # sum over tokens of cos(block input, block output) (Block Influence)
         "tokens": (),  # token count
+        "mlp_in_gram": (hidden, hidden),  # sum of u u^T, u = input of up/gate (after the MLP's norm)
+        "o_in_gram": (heads.num_heads * heads.head_dim,) * 2,  # sum of a a^T, a = attention output before o_proj
     }
 
 
@@ -37,6 +42,8 @@ class LayerStats:
     k_energy: torch.Tensor
     bi_cos: torch.Tensor
     tokens: torch.Tensor
+    mlp_in_gram: torch.Tensor
+    o_in_gram: torch.Tensor
 
     @classmethod
     def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
@@ -94,6 +101,8 @@ class LayerStatsCollector:
         self.stats = stats
         self._attn_blocks = gram_blocks(stats.attn_gram.shape[0])
         self._mlp_blocks = gram_blocks(stats.mlp_gram.shape[0])
+        self._mlp_in_blocks = gram_blocks(stats.mlp_in_gram.shape[0])
+        self._o_in_blocks = gram_blocks(stats.o_in_gram.shape[0])
         # q and k may be slices of one fused projection's output (Phi-3's qkv_proj).
         (q_module, self._q_cols), (k_module, self._k_cols) = output_source(layer.q_proj), output_source(layer.k_proj)
         self._handles = [
@@ -101,6 +110,8 @@ class LayerStatsCollector:
             q_module.register_forward_hook(self._query),
             k_module.register_forward_hook(self._key),
             layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
+            output_source(layer.up_proj)[0].register_forward_pre_hook(self._mlp_input),
+            output_source(layer.o_proj)[0].register_forward_pre_hook(self._o_input),
         ]
 
     def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
@@ -110,6 +121,12 @@ class LayerStatsCollector:
 
     def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         add_gram_upper(self.stats.mlp_gram, _flat(args[0]), self._mlp_blocks)
+
+    def _mlp_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
+        add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks)
+
+    def _o_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
+        add_gram_upper(self.stats.o_in_gram, _flat(args[0]), self._o_in_blocks)
 
     def _query(self, module: Any, args: Any, out: torch.Tensor) -> None:
         # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.
@@ -128,6 +145,8 @@ class LayerStatsCollector:
         """Complete the symmetric Gram matrices; call once after the layer's last batch."""
         mirror_upper(self.stats.attn_gram, self._attn_blocks)
         mirror_upper(self.stats.mlp_gram, self._mlp_blocks)
+        mirror_upper(self.stats.mlp_in_gram, self._mlp_in_blocks)
+        mirror_upper(self.stats.o_in_gram, self._o_in_blocks)
 
     def remove(self) -> None:
         for h in self._handles:

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.evaluation.retention import average_stderr
 from pipeline.evaluation.tasks import OFFLINE_TASKS, hf_offline, task_manager
 
 AverageMetric = Literal["acc", "acc_norm_if_present"]
@@ -44,13 +45,27 @@ def score_for_average(entry: dict[str, Any], average_metric: str) -> float:
     return entry["acc"]
 
 
+def stderr_for_average(entry: dict[str, Any], average_metric: str) -> float | None:
+    """The stderr of the figure :func:`score_for_average` takes."""
+    if average_metric == "acc_norm_if_present" and entry.get("acc_norm") is not None:
+        return entry.get("acc_norm_stderr")
+    return entry.get("acc_stderr")
+
+
+def task_scores(zero_shot: dict[str, Any], average_metric: str | None = None) -> dict[str, float]:
+    """Each task's figure in a ``summarize`` dict, by its own average metric unless one is given."""
+    metric = average_metric or zero_shot.get("average_metric", "acc_norm_if_present")
+    return {t: score_for_average(v, metric) for t, v in zero_shot.items() if isinstance(v, dict) and "acc" in v}
+
+
 def summarize(raw: dict[str, Any], tasks: list[str], average_metric: str = "acc_norm_if_present") -> dict[str, Any]:
     """A flat JSON-serialisable summary of ``simple_evaluate``'s output.
 
     ``{task: {"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "perplexity"?, "perplexity_stderr"?, "split",
     "split_note"?, "deviation"?, "n", "n_total"}}`` for every requested task (``n`` evaluated of ``n_total``),
     plus ``average`` (over the requested tasks, by ``average_metric``), ``average_metric``, ``average_acc`` and
-    ``average_acc_norm_if_present``. Stderrs are None where lm-eval computed none.
+    ``average_acc_norm_if_present``, each with its stderr (``average_stderr``, ``average_acc_stderr``...:
+    sqrt(sum se_i^2) / n, the tasks being independent samples). Stderrs are None where lm-eval computed none.
     """
     summary: dict[str, Any] = {}
     for task in tasks:
@@ -73,6 +88,9 @@ def summarize(raw: dict[str, Any], tasks: list[str], average_metric: str = "acc_
     summary["average"] = averages[average_metric]
     summary["average_metric"] = average_metric
     summary.update({f"average_{m}": v for m, v in averages.items()})
+    stderrs = {m: average_stderr([stderr_for_average(summary[t], m) for t in tasks]) for m in AVERAGE_METRICS}
+    summary["average_stderr"] = stderrs[average_metric]
+    summary.update({f"average_{m}_stderr": v for m, v in stderrs.items()})
     return summary
 
 
@@ -88,6 +106,7 @@ def run_zero_shot(
     seed: int = 1234,
     average_metric: AverageMetric = "acc_norm_if_present",
     bootstrap_iters: int = 1000,
+    request_cache: Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate an in-memory causal LM on lm-eval tasks; returns ``summarize``'s flat dict.
 
@@ -95,6 +114,11 @@ def run_zero_shot(
     access disabled; otherwise lm-eval's stock tasks download their data. ``batch_size`` changes results slightly
     (padding), so keep it fixed across compared runs. ``bootstrap_iters`` only matters for LAMBADA's perplexity
     stderr: accuracy stderrs are closed-form (lm-eval skips all stderrs when it is 0).
+
+    ``request_cache`` (a path prefix; lm-eval adds ``_rank<N>.db``) keeps every answered request in sqlite as it is
+    computed, keyed by the request's own arguments: an interrupted evaluation resumes with only the missing
+    requests, and a repeated one sends none to the model. The path must identify the model's weights (see
+    ``ArtifactPaths.eval_request_cache``): lm-eval cannot tell two models apart.
     """
     import lm_eval
     from lm_eval.models.huggingface import HFLM
@@ -118,6 +142,7 @@ def run_zero_shot(
             model=lm, tasks=list(tasks), task_manager=manager, num_fewshot=num_fewshot, limit=limit,
             bootstrap_iters=bootstrap_iters, log_samples=False, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed,
+            use_cache=None if request_cache is None else str(request_cache),
         )
     if raw is None:  # only non-zero ranks of a distributed run get None
         raise RuntimeError("lm-eval returned no results")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings
+from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
 
 
 class Method(ABC):
@@ -30,11 +31,25 @@ class Method(ABC):
             raise TypeError(f"method {name!r} is registered twice")
         Method.registry[name] = cls
 
+    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter
+             ) -> list[LayerPlan]:
+        """Each layer's sparsity and kept widths: by default the configured allocation (Block Influence or
+        uniform) of ``target_rate`` over the layers, each layer cut to its sparsity."""
+        k = compression
+        phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, k.max_sparsity)
+        shape = adapter.block_shape()
+        return [plan_layer(float(p), shape, k.round_to) for p in phi]
+
     @abstractmethod
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
                     plan: LayerPlan, settings: SolverSettings, device: torch.device
                     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         """The tensors stored for one layer (factors on CPU) and its reconstruction errors (may be empty)."""
+
+    def in_memory_model(self, dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
+        """A copy of ``dense`` with this method's solved factors applied (for methods that do not assemble a
+        checkpoint: ``benchmarks/quality.py`` evaluates them this way)."""
+        raise NotImplementedError(f"{self.name} assembles a checkpoint: build it with pipeline.modeling instead")
 
     @abstractmethod
     def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:

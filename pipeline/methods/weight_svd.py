@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+import copy
+from pathlib import Path
 
-from pipeline.adapters import LayerAdapter, ModelAdapter
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from pipeline.adapters import LayerAdapter, ModelAdapter, adapter_for
+from pipeline.artifacts import layer_file
 from pipeline.modegpt import F64, svd_rank_for_sparsity, truncated_svd
 from pipeline.plan import LayerPlan
 from pipeline.solver import SolverSettings
@@ -34,5 +39,21 @@ class WeightSVD(Method):
             factors[f"{name}.a"], factors[f"{name}.b"] = a.cpu().contiguous(), b.cpu().contiguous()
         return factors, {}
 
+    def in_memory_model(self, dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
+        return low_rank_model(dense, family, solve_dir)
+
     def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
         return adapter.block_linear_params() - sum(stored_numel)
+
+
+def low_rank_model(dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
+    """A copy of ``dense`` with every block weight replaced by its solved low-rank product A·B (the same function
+    as the factored layer; the weights stay dense-shaped, so count parameters from the solve's manifest)."""
+    model = copy.deepcopy(dense)
+    for i, layer in enumerate(adapter_for(model, family).layers()):
+        factors = load_file(str(layer_file(solve_dir, i)))
+        for name in LINEARS:
+            module = getattr(layer, name)
+            if module is not None:
+                module.weight.data.copy_((factors[f"{name}.a"] @ factors[f"{name}.b"]).T.to(module.weight.dtype))
+    return model

@@ -5,7 +5,13 @@ Weights use the "X W" layout (W is [in, out]); everything is computed in FP64 on
 
 from pipeline.modegpt._linalg import F64
 from pipeline.modegpt.allocation import bi_sparsity, kept_dim, uniform_sparsity
-from pipeline.modegpt.baselines import random_mlp_selection, svd_rank_for_sparsity, truncated_svd
+from pipeline.modegpt.baselines import (
+    output_error,
+    random_mlp_selection,
+    svd_rank_for_sparsity,
+    truncated_svd,
+    whitened_truncated_svd,
+)
 from pipeline.modegpt.mlp import MlpSolution, mlp_residual, nystrom_mlp, nystrom_update, ridge_leverage_scores
 from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
 from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd
@@ -21,6 +27,7 @@ __all__ = [
     "mlp_residual",
     "nystrom_mlp",
     "nystrom_update",
+    "output_error",
     "qk_residual",
     "random_mlp_selection",
     "ridge_leverage_scores",
@@ -30,4 +37,5 @@ __all__ = [
     "uniform_sparsity",
     "vo_residual",
     "vo_svd",
+    "whitened_truncated_svd",
 ]

@@ -1,4 +1,4 @@
-"""Comparison baselines: plain weight SVD at equal parameter count, and random MLP column selection."""
+"""Comparison baselines: plain and whitened (SVD-LLM) weight SVD at equal parameter count, random MLP selection."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from pipeline.modegpt._linalg import as_f64
+from pipeline.modegpt._linalg import as_f64, psd_sqrt_pair
 
 
 def truncated_svd(w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -19,6 +19,30 @@ def truncated_svd(w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     u, s, vh = torch.linalg.svd(as_f64(w), full_matrices=False)
     root = s[:rank].sqrt()
     return u[:, :rank] * root, root.unsqueeze(-1) * vh[:rank]
+
+
+def whitened_truncated_svd(w: Tensor, corr: Tensor, rank: int, eig_floor: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """The rank-``rank`` W_r = A B minimising the output error Tr((W − W_r)ᵀ C (W − W_r)) (SVD-LLM's whitening).
+
+    ``w`` is [in, out] (X W layout), ``corr`` = E[x xᵀ] of the layer's input [in, in]. With S = C^{1/2}: the error is
+    ‖S (W − W_r)‖²_F, minimised by truncating S W and un-whitening, W_r = S⁻¹ (S W)_r, so it equals the sum of the
+    discarded squared singular values of S W. A = S⁻¹ U_r Σ_r^{1/2} [in, r], B = Σ_r^{1/2} V_rᵀ [r, out]: the
+    same factor shapes (and parameter count) as :func:`truncated_svd`. The spectrum of C is floored at
+    ``eig_floor``·max so a rank-deficient C (dead inputs) still un-whitens.
+    """
+    w64 = as_f64(w)
+    if corr.shape != (w64.shape[0], w64.shape[0]):
+        raise ValueError(f"corr must be [{w64.shape[0]}, {w64.shape[0]}] for w {tuple(w64.shape)}, got "
+                         f"{tuple(corr.shape)}")
+    sqrt_c, inv_sqrt_c = psd_sqrt_pair(as_f64(corr), eig_floor)
+    a, b = truncated_svd(sqrt_c @ w64, rank)
+    return inv_sqrt_c @ a, b
+
+
+def output_error(w: Tensor, approx: Tensor, corr: Tensor) -> Tensor:
+    """Tr((W − Ŵ)ᵀ C (W − Ŵ)): the summed squared output error of a linear over inputs with correlation C."""
+    diff = as_f64(w) - as_f64(approx)
+    return (diff * (as_f64(corr) @ diff)).sum()
 
 
 def svd_rank_for_sparsity(m: int, n: int, sparsity: float) -> int:

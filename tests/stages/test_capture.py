@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from filelock import FileLock
 
-from pipeline.adapters import adapter_for
+from pipeline.adapters import adapter_for, output_source
 from pipeline.artifacts import ArtifactError, ArtifactPaths
 from pipeline.capture import STAT_NAMES, CorrelationStore
 from pipeline.dense import load_model
@@ -56,6 +56,8 @@ def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
         handles += [
             layer.attention_input.register_forward_pre_hook(attention_input),
             layer.mlp_hidden.register_forward_pre_hook(gram("mlp_gram")),
+            output_source(layer.up_proj)[0].register_forward_pre_hook(gram("mlp_in_gram")),
+            output_source(layer.o_proj)[0].register_forward_pre_hook(gram("o_in_gram")),
             layer.block.register_forward_hook(block_io),
         ]
     with torch.no_grad():

@@ -30,6 +30,10 @@ def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> 
         assert m["zero_shot"]["piqa"]["n"] == 3
     assert metrics["compressed"] and metrics["params"] < dense["params"]
     assert metrics["retention"] == pytest.approx(metrics["zero_shot"]["average"] / dense["zero_shot"]["average"])
+    assert metrics["margin_retention"] == metrics["margin_retention_detail"]["mean"]
+    assert set(metrics["margin_retention_detail"]["per_task"]) | set(metrics["margin_retention_detail"]["excluded"]) \
+        == {"piqa", "arc_easy"}
+    assert metrics["zero_shot"]["average_stderr"] is not None
     assert metrics["perplexity_ratio"] == pytest.approx(
         metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"])
     stamp = (target / "manifest.json").stat().st_mtime_ns

@@ -18,7 +18,7 @@ def test_run_zero_shot_offline_on_a_tiny_llama(tmp_path: Path) -> None:
 
     json.dumps(result, allow_nan=False)
     assert set(result) == {*tasks, "average", "average_metric", "average_acc", "average_acc_norm_if_present",
-                           "settings"}
+                           "average_stderr", "average_acc_stderr", "average_acc_norm_if_present_stderr", "settings"}
     for task, split, total in (("piqa", "validation", 1838), ("arc_easy", "test", 2376)):
         entry = result[task]
         assert entry["split"] == split and entry["n"] == 3 and entry["n_total"] == total
@@ -29,6 +29,8 @@ def test_run_zero_shot_offline_on_a_tiny_llama(tmp_path: Path) -> None:
     assert result["average_metric"] == "acc_norm_if_present"
     assert result["average"] == pytest.approx((result["piqa"]["acc_norm"] + result["arc_easy"]["acc_norm"]) / 2)
     assert result["average_acc"] == pytest.approx((result["piqa"]["acc"] + result["arc_easy"]["acc"]) / 2)
+    assert result["average_stderr"] == pytest.approx(
+        (result["piqa"]["acc_norm_stderr"] ** 2 + result["arc_easy"]["acc_norm_stderr"] ** 2) ** 0.5 / 2)
     assert result["settings"]["offline"] and result["settings"]["limit"] == 3
     assert (tmp_path / "lm_eval_tasks" / "piqa.yaml").is_file()
 
@@ -72,3 +74,10 @@ def test_summarize_averages_and_json_safety() -> None:
     json.dumps(by_norm, allow_nan=False)
     with pytest.raises(KeyError):
         summarize(_raw(), ["hellaswag"])
+
+
+def test_average_stderr_is_that_of_a_mean_of_independent_tasks() -> None:
+    both = summarize(_raw(), ["piqa", "lambada_openai"])
+    assert both["average_stderr"] == pytest.approx((0.01**2 + 0.02**2) ** 0.5 / 2)
+    assert both["average_acc_stderr"] == pytest.approx((0.01**2 + 0.02**2) ** 0.5 / 2)
+    assert summarize(_raw(), ["piqa", "winogrande"])["average_stderr"] is None  # one stderr unknown: no claim
