@@ -20,10 +20,17 @@ def _rows(paths: ArtifactPaths) -> list[dict[str, Any]]:
     rows = []
     dense = paths.dense_evaluation / METRICS
     if dense.exists():
-        rows.append(read_json(dense) | {"tag": "dense", "method": "dense", "allocation": ""})
+        rows.append(read_json(dense) | {"tag": DENSE, "method": DENSE, "allocation": "", "reference": True})
     for metrics in sorted(paths.evaluations.glob(f"*/{METRICS}")):  # this eval config's results
         rows.append(read_json(metrics) | {"tag": metrics.parent.name})
     return rows
+
+
+DENSE = "dense"  # the label of the dense reference row
+
+
+def _is_reference(row: dict[str, Any]) -> bool:
+    return bool(row.get("reference"))
 
 
 def _series_name(row: dict[str, Any]) -> str:
@@ -59,11 +66,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = ["model", "target rate", "block params removed", "params", "WikiText-2 ppl", *tasks, "zero-shot avg ± se",
             "retention", "above-chance retention"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in sorted(rows, key=lambda r: (r["method"] != "dense", _series_name(r) if r["method"] != "dense" else "",
+    for r in sorted(rows, key=lambda r: (not _is_reference(r), "" if _is_reference(r) else _series_name(r),
                                          r["rate"])):
         zs = r.get("zero_shot", {})
         cells = [
-            "dense" if r["method"] == "dense" else _series_name(r),
+            DENSE if _is_reference(r) else _series_name(r),
             f"{r['rate']:g}",
             f"{r.get('achieved_block_rate', 0.0):.1%}",
             f"{r['params'] / 1e6:.1f}M",
@@ -113,10 +120,10 @@ def _save(fig: Any, out: Path) -> None:
 
 def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
     fig, ax = _figure()
-    dense = [r for r in rows if r["method"] == "dense" and value(r) is not None]
+    dense = [r for r in rows if _is_reference(r) and value(r) is not None]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        if r["method"] != "dense" and value(r) is not None:
+        if not _is_reference(r) and value(r) is not None:
             series.setdefault(_series_name(r), []).append((r["rate"], value(r)))
     for name, points in sorted(series.items()):
         xs, ys = zip(*sorted(points), strict=True)
@@ -140,7 +147,7 @@ def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log
 
 def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
     fig, axes = _figure(3, (13, 3.8), sharey=True)
-    for r in sorted((r for r in rows if r["tag"] != "dense"), key=lambda r: (_series_name(r), r["rate"])):
+    for r in sorted((r for r in rows if not _is_reference(r)), key=lambda r: (_series_name(r), r["rate"])):
         plan_path = paths.solves / r["tag"] / PLAN
         if not plan_path.exists():
             continue
@@ -160,7 +167,7 @@ def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path)
 def run(cfg: Any) -> Path:
     paths = ArtifactPaths(cfg)
     rows = _rows(paths)
-    if not any(r["method"] != "dense" for r in rows):
+    if not any(not _is_reference(r) for r in rows):
         raise ArtifactError(f"no evaluated compressed model under {paths.run_root}: "
                             "run `modegpt evaluate` first")
     out = paths.report

@@ -34,7 +34,7 @@ def whitened_truncated_svd(w: Tensor, corr: Tensor, rank: int, eig_floor: float 
     if corr.shape != (w64.shape[0], w64.shape[0]):
         raise ValueError(f"corr must be [{w64.shape[0]}, {w64.shape[0]}] for w {tuple(w64.shape)}, got "
                          f"{tuple(corr.shape)}")
-    sqrt_c, inv_sqrt_c = psd_sqrt_pair(as_f64(corr), eig_floor)
+    sqrt_c, inv_sqrt_c, _ = psd_sqrt_pair(as_f64(corr), eig_floor)
     a, b = truncated_svd(sqrt_c @ w64, rank)
     return inv_sqrt_c @ a, b
 

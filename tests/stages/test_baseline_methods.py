@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAMILIES, compose_config, tiny_overrides
-from pipeline.readers import load_tokens, open_store
 from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_for
@@ -17,6 +16,7 @@ from pipeline.methods import method_named
 from pipeline.methods.layer_removal import blocks_to_remove
 from pipeline.methods.whitened_svd import INPUT_GRAM
 from pipeline.modegpt import output_error
+from pipeline.readers import load_tokens, open_store
 from stages import capture, solve, tokenize
 
 
