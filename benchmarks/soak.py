@@ -4,13 +4,15 @@
     .venv/bin/python benchmarks/soak.py --kills 40 --family opt
 
 First the chain (`modegpt run`: prepare, tokenize, capture, solve, assemble, evaluate, report) runs once,
-uninterrupted, on a tiny random model; its wall time T is split into --kills equal strata and each trial kills a
-fresh run at a uniformly random moment inside its own stratum (so the kills spread over every stage, chunk
-writes and renames included), reruns the same command to completion, and compares every artifact file with the
-uninterrupted run's: store chunks and layer records, tokens, solve factors and plan, checkpoint shards and
-config, metrics and the report. Manifests are compared without their timestamps; metrics without their
-"seconds" timings (the only fields that legitimately differ between two runs). It prints one line per trial
-(the stage that was running when the kill landed, and whether the rerun matched) and the count of matching runs.
+uninterrupted, on a tiny random model; its log gives each stage's duration. The trials take the stages in turn:
+each starts a fresh run, waits for the target stage's banner in its log, kills the whole process group at a
+uniformly random moment within that stage's reference duration (so capture's chunk writes and record renames,
+solve's layer files and assemble's directory rename are all hit), reruns the same command to completion, and
+compares every artifact file with the uninterrupted run's: store chunks and layer records, tokens, solve factors
+and plan, checkpoint shards and config, metrics and the report. JSON files are compared without their
+timestamps and "seconds" timings, and with the run's own root directory in recorded paths replaced by a
+placeholder (the only differences two correct runs in two directories may have). It prints one line per trial
+and the count of runs whose artifacts matched.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ def digests(root: Path) -> dict[str, str]:
             continue
         data = path.read_bytes()
         if path.suffix == ".json":
-            data = json.dumps(_strip(json.loads(data)), sort_keys=True).encode()
+            # Paths inside a record (the checkpoint's location) name the run's own root: compare them relative.
+            text = data.decode().replace(json.dumps(str(root))[1:-1], "<root>")
+            data = json.dumps(_strip(json.loads(text)), sort_keys=True).encode()
         out[rel] = hashlib.sha256(data).hexdigest()
     return out
 
@@ -78,9 +82,33 @@ def run(cmd: list[str], log: Path) -> subprocess.Popen:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+BANNER = re.compile(r"^\[([\d\- :,]+)\]\[modegpt\]\[INFO\] - == stage (\w+) ==", re.M)
+
+
+def _seconds(stamp: str) -> float:
+    return time.mktime(time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")) + int(stamp.split(",")[1]) / 1000
+
+
+def stage_durations(log: Path, end: float) -> dict[str, float]:
+    """Each stage's wall time in a finished run, from the timestamps of its banner and the next one's."""
+    found = [(name, _seconds(stamp)) for stamp, name in BANNER.findall(log.read_text(errors="replace"))]
+    bounds = [t for _, t in found[1:]] + [end]
+    return {name: max(stop - start, 0.05) for (name, start), stop in zip(found, bounds, strict=True)}
+
+
 def stage_at_kill(log: Path) -> str:
-    stages = re.findall(r"== stage (\w+) ==", log.read_text(errors="replace"))
+    stages = [name for _, name in BANNER.findall(log.read_text(errors="replace"))]
     return stages[-1] if stages else "startup"
+
+
+def wait_for_stage(proc: subprocess.Popen, log: Path, stage: str, timeout: float = 300.0) -> bool:
+    """Poll the run's log until ``stage`` starts; False if the run ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if stage in [name for _, name in BANNER.findall(log.read_text(errors="replace"))]:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def main() -> None:
@@ -103,20 +131,27 @@ def main() -> None:
         if proc.wait() != 0:
             raise SystemExit(f"the uninterrupted run failed: see {work / 'reference.log'}")
         total = time.perf_counter() - start
+        durations = stage_durations(work / "reference.log", time.time())
         want = digests(reference)
-        print(f"uninterrupted chain: {total:.1f} s, {len(want)} artifact files")
+        print(f"uninterrupted chain: {total:.1f} s, {len(want)} artifact files; stage seconds: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in durations.items()))
+        stages = list(durations)
         matched = 0
         for trial in range(args.kills):
             root, log = work / f"trial-{trial:02d}", work / f"trial-{trial:02d}.log"
-            at = total * (trial + rng.random()) / args.kills
+            target = stages[trial % len(stages)]
+            at = rng.random() * durations[target]
             proc = run(command(root, model_dir, args.family), log)
-            try:
-                proc.wait(timeout=at)
-                killed = False  # finished before the kill moment (startup varies between runs)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            killed = False
+            if wait_for_stage(proc, log, target):
+                try:
+                    proc.wait(timeout=at)  # the stage (or the whole run) may finish first
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    killed = True
+            if not killed and proc.poll() is None:
                 proc.wait()
-                killed = True
             stage = stage_at_kill(log) if killed else "none (finished first)"
             rerun = run(command(root, model_dir, args.family), log)
             code = rerun.wait()
@@ -126,7 +161,8 @@ def main() -> None:
             differing = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
             detail = "identical" if same else (f"rerun exit {code}" if code else f"{len(differing)} files differ: "
                                                 + ", ".join(differing[:4]))
-            print(f"trial {trial + 1:2d}: kill at {at:6.1f} s during {stage:<22} -> {detail}", flush=True)
+            print(f"trial {trial + 1:2d}: kill {at:5.2f} s into {target:<9} (running: {stage:<21}) -> {detail}",
+                  flush=True)
         print(f"\n{matched}/{args.kills} runs ended with artifacts identical to the uninterrupted run")
     finally:
         if args.keep:
