@@ -167,7 +167,8 @@ class ModelAdapter(ABC):
     @classmethod
     @abstractmethod
     def compressed_classes(cls) -> tuple[type, type]:
-        """(config class, model class) of the compressed checkpoint (from ``pipeline.modeling``)."""
+        """(config class, model class) of the compressed checkpoint (from ``pipeline.modeling``, imported inside
+        the method: ``pipeline.assembly`` imports the adapters, and the modeling package stays a leaf)."""
 
     @classmethod
     def compressed_model_type(cls) -> str:

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import BlockShape, HeadLayout, LayerAdapter, ModelAdapter
+from .base import BlockShape, HeadLayout, LayerAdapter, ModelAdapter, UnsupportedModelError
 
 # Sizes every tiny config shrinks to (GQA kept: 4 query heads share 2 KV heads); byte-level vocabulary.
 TINY_SIZES: dict[str, Any] = {
@@ -77,8 +77,6 @@ class LlamaAdapter(ModelAdapter):
 
 def _check_full_rotary(config: Any) -> None:
     """The compressed attention rotates every kept q/k column: partial rotary embeddings are not handled."""
-    from .base import UnsupportedModelError
-
     params = getattr(config, "rope_parameters", None) or {}
     factor = params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0
     if float(factor) != 1.0:

@@ -49,7 +49,7 @@ class Method(ABC):
     def in_memory_model(self, dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
         """A copy of ``dense`` with this method's solved factors applied (for methods that do not assemble a
         checkpoint: ``benchmarks/quality.py`` evaluates them this way)."""
-        raise NotImplementedError(f"{self.name} assembles a checkpoint: build it with pipeline.modeling instead")
+        raise NotImplementedError(f"{self.name} assembles a checkpoint: build it with pipeline.assembly instead")
 
     @abstractmethod
     def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
