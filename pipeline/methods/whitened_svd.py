@@ -14,7 +14,7 @@ from torch import Tensor
 from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.artifacts import ArtifactError
 from pipeline.capture import OPTIONAL_STATS
-from pipeline.modegpt import F64, output_error, svd_rank_for_sparsity, whitened_truncated_svd
+from pipeline.modegpt import F64, output_error, svd_rank_for_sparsity, whitened_truncated_svd, whitening_roots
 from pipeline.plan import LayerPlan
 from pipeline.solver import SolverSettings
 
@@ -43,14 +43,19 @@ class WhitenedSVD(WeightSVD):
         tokens = float(sums["tokens"])
         factors: dict[str, Tensor] = {}
         errors: dict[str, float] = {}
+        # q/k/v (and up/gate) share one input: each correlation and its roots are computed once per layer.
+        corrs: dict[str, tuple[Tensor, tuple[Tensor, Tensor]]] = {}
         for name, gram in INPUT_GRAM.items():
             module = getattr(layer, name)
             if module is None:
                 continue
-            corr = sums[gram].to(device, F64) / tokens
+            if gram not in corrs:
+                corr = sums[gram].to(device, F64) / tokens
+                corrs[gram] = corr, whitening_roots(corr, settings.eig_floor)
+            corr, roots = corrs[gram]
             w = module.weight.detach().to(device, F64).T
             rank = svd_rank_for_sparsity(w.shape[0], w.shape[1], plan.sparsity)
-            a, b = whitened_truncated_svd(w, corr, rank, settings.eig_floor)
+            a, b = whitened_truncated_svd(w, corr, rank, settings.eig_floor, roots=roots)
             factors[f"{name}.a"], factors[f"{name}.b"] = a.cpu().contiguous(), b.cpu().contiguous()
             # output error relative to the output energy, as MoDeGPT's errors are reported
             energy = output_error(w, torch.zeros_like(w), corr)

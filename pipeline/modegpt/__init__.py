@@ -11,6 +11,7 @@ from pipeline.modegpt.baselines import (
     svd_rank_for_sparsity,
     truncated_svd,
     whitened_truncated_svd,
+    whitening_roots,
 )
 from pipeline.modegpt.mlp import MlpSolution, mlp_residual, nystrom_mlp, nystrom_update, ridge_leverage_scores
 from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
@@ -38,4 +39,5 @@ __all__ = [
     "vo_residual",
     "vo_svd",
     "whitened_truncated_svd",
+    "whitening_roots",
 ]

@@ -21,22 +21,30 @@ def truncated_svd(w: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return u[:, :rank] * root, root.unsqueeze(-1) * vh[:rank]
 
 
-def whitened_truncated_svd(w: Tensor, corr: Tensor, rank: int, eig_floor: float = 1e-10) -> tuple[Tensor, Tensor]:
+def whitened_truncated_svd(w: Tensor, corr: Tensor, rank: int, eig_floor: float = 1e-10,
+                           roots: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """The rank-``rank`` W_r = A B minimising the output error Tr((W − W_r)ᵀ C (W − W_r)) (SVD-LLM's whitening).
 
     ``w`` is [in, out] (X W layout), ``corr`` = E[x xᵀ] of the layer's input [in, in]. With S = C^{1/2}: the error is
     ‖S (W − W_r)‖²_F, minimised by truncating S W and un-whitening, W_r = S⁻¹ (S W)_r, so it equals the sum of the
     discarded squared singular values of S W. A = S⁻¹ U_r Σ_r^{1/2} [in, r], B = Σ_r^{1/2} V_rᵀ [r, out]: the
     same factor shapes (and parameter count) as :func:`truncated_svd`. The spectrum of C is floored at
-    ``eig_floor``·max so a rank-deficient C (dead inputs) still un-whitens.
+    ``eig_floor``·max so a rank-deficient C (dead inputs) still un-whitens. ``roots`` = (C^{1/2}, C^{-1/2}) from
+    :func:`whitening_roots` skips the eigendecomposition when several linears share one input (q, k, v).
     """
     w64 = as_f64(w)
     if corr.shape != (w64.shape[0], w64.shape[0]):
         raise ValueError(f"corr must be [{w64.shape[0]}, {w64.shape[0]}] for w {tuple(w64.shape)}, got "
                          f"{tuple(corr.shape)}")
-    sqrt_c, inv_sqrt_c, _ = psd_sqrt_pair(as_f64(corr), eig_floor)
+    sqrt_c, inv_sqrt_c = roots if roots is not None else whitening_roots(corr, eig_floor)
     a, b = truncated_svd(sqrt_c @ w64, rank)
     return inv_sqrt_c @ a, b
+
+
+def whitening_roots(corr: Tensor, eig_floor: float = 1e-10) -> tuple[Tensor, Tensor]:
+    """(C^{1/2}, C^{-1/2}) with C's spectrum floored at ``eig_floor``·max, as :func:`whitened_truncated_svd` uses."""
+    sqrt_c, inv_sqrt_c, _ = psd_sqrt_pair(as_f64(corr), eig_floor)
+    return sqrt_c, inv_sqrt_c
 
 
 def output_error(w: Tensor, approx: Tensor, corr: Tensor) -> Tensor:

@@ -100,17 +100,23 @@ class ModeGPTConfigMixin:
                 raise ValueError(f"rope_index[{i}] must be [{n_kv}][qk_dim/2] frequencies in [0, {head_dim // 2})")
 
 
-class ModeGPTLlamaConfig(ModeGPTConfigMixin, LlamaConfig):
-    """Llama-style decoders (Llama 2/3, Mistral, Qwen2): RMSNorm, SwiGLU, RoPE, GQA."""
+class _LlamaStyle:
+    """What the Llama-like families share: RoPE, the MLP width in ``intermediate_size``, q/k/v/o biases in
+    ``attention_bias`` (Phi3Config has no such field: its attention has no biases)."""
 
-    model_type = "modegpt_llama"
     uses_rope = True
 
     def dense_mlp_width(self) -> int:
         return self.intermediate_size
 
     def dense_bias(self) -> bool:
-        return bool(self.attention_bias)
+        return bool(getattr(self, "attention_bias", False))
+
+
+class ModeGPTLlamaConfig(_LlamaStyle, ModeGPTConfigMixin, LlamaConfig):
+    """Llama-style decoders (Llama 2/3, Mistral, Qwen2): RMSNorm, SwiGLU, RoPE, GQA."""
+
+    model_type = "modegpt_llama"
 
 
 class ModeGPTOPTConfig(ModeGPTConfigMixin, OPTConfig):
@@ -125,28 +131,14 @@ class ModeGPTOPTConfig(ModeGPTConfigMixin, OPTConfig):
         return bool(self.enable_bias)
 
 
-class ModeGPTPhi3Config(ModeGPTConfigMixin, Phi3Config):
+class ModeGPTPhi3Config(_LlamaStyle, ModeGPTConfigMixin, Phi3Config):
     """Phi-3: Llama-style, with q/k/v and gate/up fused in the dense model (unfused once compressed)."""
 
     model_type = "modegpt_phi3"
-    uses_rope = True
-
-    def dense_mlp_width(self) -> int:
-        return self.intermediate_size
-
-    def dense_bias(self) -> bool:
-        return False  # Phi3Attention's linears have no biases
 
 
-class ModeGPTQwen3Config(ModeGPTConfigMixin, Qwen3Config):
+class ModeGPTQwen3Config(_LlamaStyle, ModeGPTConfigMixin, Qwen3Config):
     """Qwen3: Llama-style with a per-head RMSNorm on q and k before RoPE."""
 
     model_type = "modegpt_qwen3"
-    uses_rope = True
     uses_qk_norm = True
-
-    def dense_mlp_width(self) -> int:
-        return self.intermediate_size
-
-    def dense_bias(self) -> bool:
-        return bool(self.attention_bias)

@@ -11,16 +11,22 @@ from pipeline.assembly import build_compressed_model, identity_solutions
 from pipeline.modeling.modeling_modegpt import CacheNotFilledError
 
 
+def _prompt(seed: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random 7-token prompts; the first left-padded by ``padding`` tokens (the decoder then passes explicit
+    masks, also to the one-token steps)."""
+    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    ids[0, :padding], mask[0, :padding] = 0, 0
+    return ids, mask
+
+
 @pytest.mark.parametrize("family", MODEL_TYPES)
 @pytest.mark.parametrize("padded", [False, True])
 def test_greedy_generation_with_and_without_cache(family: str, padded: bool) -> None:
     dense = make_dense(family)
     adapter = adapter_for(dense)
     model = build_compressed_model(dense, adapter, *random_solutions(adapter))
-    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(11))
-    mask = torch.ones_like(ids)
-    if padded:  # left padding: the decoder then passes explicit masks, also to the one-token steps
-        ids[0, :2], mask[0, :2] = 0, 0
+    ids, mask = _prompt(seed=11, padding=2 if padded else 0)
     kwargs = {"attention_mask": mask, "max_new_tokens": 5, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
     with torch.no_grad():
         cached = model.generate(ids, use_cache=True, **kwargs)
@@ -36,10 +42,7 @@ def test_cached_greedy_decoding_at_rate_0_equals_the_dense_transformers_model(fa
     dense = make_dense(family)
     adapter = adapter_for(dense)
     model = build_compressed_model(dense, adapter, *identity_solutions(adapter))
-    ids = torch.randint(3, 128, (2, 7), generator=torch.Generator().manual_seed(5))
-    mask = torch.ones_like(ids)
-    if padded:
-        ids[0, :3], mask[0, :3] = 0, 0
+    ids, mask = _prompt(seed=5, padding=3 if padded else 0)
     kwargs = {"attention_mask": mask, "max_new_tokens": 8, "do_sample": False, "pad_token_id": 0,
               "eos_token_id": None, "use_cache": True, "return_dict_in_generate": True, "output_logits": True}
     with torch.no_grad():
