@@ -26,7 +26,7 @@ from pipeline.artifacts.expected import (
     expected_tokens,
 )
 from pipeline.artifacts.layout import ArtifactPaths, layer_file
-from pipeline.artifacts.manifest import ArtifactError, Manifest, read_json, require_complete
+from pipeline.artifacts.manifest import ArtifactError, Manifest, describe_mismatch, read_json, require_complete
 from pipeline.capture import CorrelationStore
 from pipeline.plan import LayerPlan, LayerSolution
 
@@ -36,10 +36,10 @@ def load_tokens(cfg: Any) -> tuple[torch.Tensor, Manifest]:
     paths = ArtifactPaths(cfg)
     found = require_complete(paths.tokens, TOKENIZE, "calibration tokens")
     expected = expected_tokens(cfg)
-    if found.fingerprint != expected.fingerprint:
+    if found.fingerprint != expected.fingerprint:  # its directory is named for this config: stale code or edited
         raise ArtifactError(
-            f"calibration tokens at {paths.tokens} do not match this config (model or calibration changed): "
-            "rerun `modegpt tokenize overwrite=[tokenize]`"
+            f"calibration tokens at {paths.tokens} do not match this config "
+            f"({describe_mismatch(paths.tokens, expected)}): rerun `modegpt tokenize overwrite=[tokenize]`"
         )
     ids = load_file(str(paths.tokens_file))["input_ids"]
     c = cfg.calibration
@@ -58,7 +58,7 @@ def open_store(cfg: Any) -> tuple[CorrelationStore, Manifest]:
     if found.fingerprint != expected.fingerprint:
         raise ArtifactError(
             f"correlation store {paths.store} was captured for another model or calibration "
-            f"(fingerprint {found.fingerprint} != {expected.fingerprint}): rerun `modegpt capture overwrite=[capture]`"
+            f"({describe_mismatch(paths.store, expected)}): rerun `modegpt capture overwrite=[capture]`"
         )
     return CorrelationStore(paths.store), found
 
@@ -81,9 +81,10 @@ def load_solution(cfg: Any, rate: float | None = None) -> tuple[list[LayerPlan],
     target = paths.solve(rate)
     found = require_complete(target, SOLVE, "solve artifact")
     _, store_manifest = open_store(cfg)
-    if found.fingerprint != expected_solve(cfg, store_manifest.fingerprint, rate).fingerprint:
-        raise ArtifactError(f"solve artifact {target} was produced for another model, store or solver config: "
-                            "rerun `modegpt solve overwrite=[solve]`")
+    expected = expected_solve(cfg, store_manifest.fingerprint, rate)
+    if found.fingerprint != expected.fingerprint:
+        raise ArtifactError(f"solve artifact {target} was produced for another model, store or solver config "
+                            f"({describe_mismatch(target, expected)}): rerun `modegpt solve overwrite=[solve]`")
     plan_doc = read_json(paths.plan(rate))
     plans = [LayerPlan(**p) for p in plan_doc["layers"]]
     from pipeline.methods import method_named  # the registry imports the solver and model code: only here

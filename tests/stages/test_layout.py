@@ -1,11 +1,13 @@
 """The on-disk layout has one owner: stages read their inputs through pipeline.artifacts, never through a stage."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 from pipeline.artifacts import LAYERS_DIR, MANIFEST, METRICS, PLAN, TOKENS_FILE, ArtifactPaths, layer_file
+from pipeline.artifacts.layout import in_current_layout
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = sorted(p for p in (REPO / "stages").glob("*.py") if p.name not in ("__init__.py", "cli.py"))
@@ -65,13 +67,30 @@ def test_file_names_and_paths_are_unchanged(tiny_cfg) -> None:
     assert (MANIFEST, TOKENS_FILE, PLAN, METRICS, LAYERS_DIR) == (
         "manifest.json", "tokens.safetensors", "plan.json", "metrics.json", "layers")
     paths = ArtifactPaths(tiny_cfg)
-    run_root = paths.model_root / paths.calibration_key
+    hex8 = "[0-9a-f]{8}"
+    assert re.fullmatch(rf"tiny-{tiny_cfg.model.family}-{hex8}", paths.model_key)
+    assert re.fullmatch(rf"boolq-8x32-seed0-{hex8}", paths.calibration_key)
+    assert re.fullmatch(rf"tiny-{tiny_cfg.model.family}-{hex8}", paths.dense_model.name)
+    assert paths.dense_model.parent == paths.root / "models"
+    run_root = paths.model_root / f"{paths.calibration_key}-float32"
+    assert paths.store == paths.store_root / paths.model_key / run_root.name
     assert layer_file(paths.solve(), 7) == run_root / "solve" / paths.compression_tag() / "layers" / "00007.safetensors"
     assert paths.plan() == run_root / "solve" / paths.compression_tag() / "plan.json"
     assert paths.tokens_file == paths.model_root / "calib" / paths.calibration_key / "tokens.safetensors"
     assert paths.evaluation() == run_root / "eval" / paths.eval_tag / paths.compression_tag()
     assert paths.rate_metrics(0.25) == run_root / "metrics" / "r0.25.json"
     assert paths.compression_tag(0.25).split("-")[2] == "r0.25"
+    latest = paths.root / "latest" / f"tiny-{tiny_cfg.model.family}" / "boolq-8x32-seed0"
+    assert (paths.pointer("prepare"), paths.pointer("capture")) == (latest.parent / "prepare.json",
+                                                                   latest / "capture.json")
+    assert paths.latest_metrics(0.25) == latest / "metrics" / "r0.25.json" and paths.latest_report == latest / "report"
+    for kind, path in (("model", paths.dense_model), ("tokens", paths.tokens), ("solve", paths.solve()),
+                       ("checkpoint", paths.checkpoint()), ("eval", paths.evaluation()),
+                       ("eval", paths.dense_evaluation), ("report", paths.report)):
+        assert in_current_layout(kind, path.relative_to(paths.root).as_posix()), kind
+    assert in_current_layout("store", paths.store.relative_to(paths.store_root).as_posix())
+    for kind, path in paths.old_layout().items():  # where the same config's artifacts were before the fingerprints
+        assert not in_current_layout(kind, path.relative_to(paths.root).as_posix())
 
 
 def test_every_stage_module_is_a_named_stage_and_back() -> None:

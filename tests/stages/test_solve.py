@@ -9,7 +9,7 @@ from conftest import FAMILIES, compose_config, run_killed, tiny_overrides
 from safetensors.torch import load_file
 
 from pipeline.adapters import adapter_class
-from pipeline.artifacts import ArtifactError, ArtifactPaths, layer_file, read_manifest
+from pipeline.artifacts import ArtifactError, ArtifactPaths, expected, layer_file, read_manifest
 from pipeline.readers import load_solution
 from stages import capture, solve, tokenize
 
@@ -92,8 +92,10 @@ def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_di
         assert layer_file(out, i).read_bytes() == layer_file(ref_dir, i).read_bytes()
 
 
-def test_solve_refuses_a_store_of_another_model(tmp_path, tiny_model_dirs) -> None:
+def test_solve_refuses_a_store_of_another_model(tmp_path, tiny_model_dirs, monkeypatch) -> None:
     overrides = _captured(tmp_path, tiny_model_dirs["llama"], "llama")
-    cfg = compose_config([*overrides, "model.dtype=float64"])
+    with pytest.raises(ArtifactError, match="correlation store not found .* run `modegpt capture` first"):
+        solve.run(compose_config([*overrides, "model.dtype=float64"]))  # another store's name: not captured yet
+    monkeypatch.setattr(expected, "CAPTURE_VERSION", "capture-0")  # the store on disk is no longer current
     with pytest.raises(ArtifactError, match="captured for another model or calibration"):
-        solve.run(cfg)
+        solve.run(compose_config(overrides))

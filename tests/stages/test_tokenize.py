@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import compose_config, tiny_overrides
 
-from pipeline.artifacts import TOKENS_FILE, ArtifactError
+from pipeline.artifacts import TOKENS_FILE, ArtifactError, ArtifactPaths, expected
 from pipeline.calibration import CalibrationError, sample_windows
 from pipeline.readers import load_tokens
 from stages import tokenize
@@ -46,18 +46,24 @@ def test_too_many_samples_is_a_clear_error(tmp_path: Path, tiny_model_dirs) -> N
     cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["opt"], "opt", **{"calibration.num_samples": 10**6}))
     with pytest.raises(CalibrationError, match="calibration.num_samples=1000000"):
         tokenize.run(cfg)
-    assert not (tmp_path / "tiny-opt" / "calib").exists() or not any((tmp_path / "tiny-opt" / "calib").iterdir())
+    assert not ArtifactPaths(cfg).tokens.exists()
 
 
-def test_local_jsonl_source_and_stale_refusal(tmp_path: Path, tiny_model_dirs) -> None:
+def test_local_jsonl_source_changed_text_and_stale_refusal(tmp_path: Path, tiny_model_dirs, monkeypatch) -> None:
     data = tmp_path / "c4.jsonl"
     data.write_text("\n".join(json.dumps({"text": f"sample text {i} " * 20}) for i in range(50)))
     over = {"calibration.source": "jsonl", "calibration.path": str(data), "calibration.name": "c4"}
     cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **over))
-    tokenize.run(cfg)
+    first = tokenize.run(cfg)
     assert load_tokens(cfg)[0].shape == (8, 32)
-    data.write_text(data.read_text() + '\n{"text": "more"}')  # the source changed under the artifact
-    with pytest.raises(ArtifactError, match="do not match this config"):
+    data.write_text(data.read_text() + '\n{"text": "more"}')  # the source changed: another artifact, no conflict
+    with pytest.raises(ArtifactError, match="calibration tokens not found"):
+        load_tokens(cfg)
+    second = tokenize.run(cfg)
+    assert second != first and first.is_dir() and second.parent == first.parent
+    assert second.name.startswith("c4-8x32-seed0-") and first.name.startswith("c4-8x32-seed0-")
+    monkeypatch.setattr(expected, "TOKENIZE_VERSION", "tokenize-0")  # in place, only a code change can differ
+    with pytest.raises(ArtifactError, match="do not match this config .*code version"):
         load_tokens(cfg)
     with pytest.raises(ArtifactError, match=r"overwrite=\[tokenize\]"):
         tokenize.run(cfg)
