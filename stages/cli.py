@@ -1,17 +1,25 @@
-"""The `modegpt` command: `modegpt <stage> [hydra overrides]`, or `modegpt run` for the whole cached chain."""
+"""The `modegpt` command: `modegpt <stage> [hydra overrides]`, or `modegpt run` for the whole cached chain.
+
+Beside the stages, three commands about what is on disk (no Hydra job, no run directory): `modegpt ls`,
+`modegpt gc <key or path>... [--dry-run]` and `modegpt migrate` (pipeline.artifacts.inventory / .legacy).
+"""
 
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from pipeline.adapters import UnsupportedModelError
 from pipeline.artifacts import ArtifactError
+from pipeline.artifacts.aliases import publish
 from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, REPORT, STAGES
+from pipeline.artifacts.legacy import refuse_old_layout
 from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
@@ -45,6 +53,13 @@ def _stages() -> dict[str, Callable[[Any], Any]]:
 NEEDS_CHECKPOINT = (ASSEMBLE, EVALUATE, REPORT)
 
 
+def run_stage(name: str, cfg: Any, stage: Callable[[Any], Any] | None = None) -> None:
+    """One stage, then the latest view (`<root>/latest/`, what dvc.yaml tracks) points at what it produced."""
+    (stage or _stages()[name])(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun: every rank ran the stage, one publishes
+        publish(cfg, name)
+
+
 def run_all(cfg: Any) -> None:
     """Every stage in order; each skips itself when its artifact is complete and current."""
     from pipeline.methods import method_named
@@ -56,11 +71,65 @@ def run_all(cfg: Any) -> None:
                      "stopping after solve", method.name)
             return
         log.info("== stage %s ==", name)
-        stage(cfg)
+        run_stage(name, cfg, stage)
 
 
 def stage_names() -> list[str]:
     return [*STAGES, "run"]
+
+
+def _ls(cfg: Any, names: list[str], flags: set[str]) -> list[str]:
+    from pipeline.artifacts.inventory import listing
+
+    return [listing(cfg)]
+
+
+def _gc(cfg: Any, names: list[str], flags: set[str]) -> list[str]:
+    from pipeline.artifacts.inventory import collect_garbage
+
+    return collect_garbage(cfg, names, dry_run="--dry-run" in flags)
+
+
+def _migrate(cfg: Any, names: list[str], flags: set[str]) -> list[str]:
+    from pipeline.artifacts.legacy import migrate
+
+    validate(cfg)
+    return migrate(cfg)
+
+
+# Commands about what is on disk, not stages: they compose the config (for paths.root, paths.store_root, and
+# for migrate the keys of one job) and print; they never start a Hydra job. name -> (run, flags, takes names).
+COMMANDS: dict[str, tuple[Callable[[Any, list[str], set[str]], list[str]], tuple[str, ...], bool]] = {
+    "ls": (_ls, (), False),
+    "gc": (_gc, ("--dry-run",), True),
+    "migrate": (_migrate, (), False),
+}
+
+
+def run_command(name: str, args: list[str]) -> None:
+    """`modegpt ls|gc|migrate [names] [key=value overrides] [flags]`: prints its lines; errors are one line."""
+    run, allowed, takes_names = COMMANDS[name]
+    flags = {a for a in args if a.startswith("-")}
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    names = [a for a in args if a not in flags and a not in overrides]
+    if flags - set(allowed):
+        raise SystemExit(f"modegpt: error: {name} takes no option {sorted(flags - set(allowed))[0]}"
+                         + (f": expected {', '.join(allowed)}" if allowed else ""))
+    if names and not takes_names:
+        raise SystemExit(f"modegpt: error: {name} takes only key=value overrides, got {names[0]!r}")
+    register_configs()
+    try:
+        cfg = compose_config(overrides)
+    except Exception as e:  # Hydra/OmegaConf composition errors
+        raise SystemExit(f"modegpt: error: {_one_line(e)}") from None
+    try:
+        lines = run(cfg, names, flags)
+    except Exception as e:
+        message = user_error(e)
+        if message is None:
+            raise
+        raise SystemExit(f"modegpt: error: {message}") from None
+    print("\n".join(lines))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -93,16 +162,21 @@ def main() -> None:
     names = stage_names()
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: modegpt {" + ",".join(names) + "} [hydra overrides] [-m for sweeps]")
+        print("       modegpt ls | gc <key or path>... [--dry-run] | migrate   [key=value overrides]")
         print("example: modegpt run compression.rate=0.3   |   modegpt run -m compression.rate=0.1,0.2,0.3")
         raise SystemExit(0 if argv else 2)
     stage, rest = argv[0], argv[1:]
+    if stage in COMMANDS:
+        run_command(stage, rest)
+        return
     if stage not in names:
-        raise SystemExit(f"modegpt: error: unknown stage {stage!r}: expected one of {', '.join(names)}")
+        raise SystemExit(f"modegpt: error: unknown stage {stage!r}: expected one of "
+                         f"{', '.join([*names, *COMMANDS])}")
     register_configs()
     multirun = any(a in ("-m", "--multirun") for a in rest)
     if not multirun and not any(a.startswith("-") for a in rest):
         _precheck(rest)
-    target = run_all if stage == "run" else _stages()[stage]
+    target = run_all if stage == "run" else functools.partial(run_stage, stage)
 
     import hydra
 
@@ -110,6 +184,7 @@ def main() -> None:
     def _job(cfg: Any) -> None:
         try:
             validate(cfg)
+            refuse_old_layout(cfg)  # before anything is recomputed beside the old directories
             target(cfg)
         except Exception as e:
             message = user_error(e)

@@ -18,6 +18,7 @@ def test_params_yaml_is_the_composed_default() -> None:
 
 
 def test_dvc_paths_match_artifact_paths() -> None:
+    """DVC tracks the latest view (config-named pointers and copies), the only paths it can template."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     dvc = (REPO / "dvc.yaml").read_text()
     key = "${calibration.name}-${calibration.num_samples}x${calibration.seq_len}-seed${calibration.seed}"
@@ -32,8 +33,10 @@ def test_dvc_paths_match_artifact_paths() -> None:
         return template
 
     paths = ArtifactPaths(compose_config())
-    expected = {paths.dense_model, paths.tokens, paths.store, paths.rate_metrics(0.25), paths.report / "report.md"}
+    expected = {paths.pointer("prepare"), paths.pointer("tokenize"), paths.pointer("capture"),
+                paths.latest_metrics(0.25), paths.latest_report / "report.md"}
     declared = {render(ln.strip().lstrip("- ").rstrip(":")) for ln in dvc.splitlines()
                 if ln.strip().startswith("- ${paths")}
     for p in expected:
         assert str(p) in declared, f"dvc.yaml declares no path rendering to {p}"
+    assert all("/latest/" in p for p in declared), "DVC can only template the latest view's paths"
