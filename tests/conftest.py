@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,27 @@ def tiny_cfg(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dirs: di
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def modegpt(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``modegpt <argv>`` in process, expected to succeed."""
+    from stages import cli
+
+    monkeypatch.setattr(sys, "argv", ["modegpt", *argv])
+    cli.main()
+
+
+def modegpt_error(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """``modegpt <argv>`` in process, expected to fail; returns its one line."""
+    from stages import cli
+
+    monkeypatch.setattr(sys, "argv", ["modegpt", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    line = str(info.value.code)
+    assert line.startswith("modegpt: error: ") and "\n" not in line, line
+    return line
+
 
 _KILL_SCRIPT = """
 import importlib, os, signal

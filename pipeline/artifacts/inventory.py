@@ -31,7 +31,7 @@ SHOWN = {"prepare": ("source", "gguf_file"), "tokenize": ("source", "path", "num
          "evaluate": ("tasks", "limit")}
 FIXED = {"cache/eval-requests": ("cache", "lm-eval request answers"), "logs": ("logs", "Hydra job logs")}
 TEMP = re.compile(r"\..+\.(tmp|old-\d+)")  # atomic_dir's and atomic_path's temp names
-WIDTH = 60
+VALUE_WIDTH = 40
 
 
 @dataclass
@@ -70,12 +70,14 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _value(v: Any) -> str:
+    text = ",".join(map(str, v)) if isinstance(v, list) else str(v)
+    return text if len(text) <= VALUE_WIDTH else "…" + text[-(VALUE_WIDTH - 1):]  # a path's tail tells it apart
+
+
 def _short(manifest: Manifest) -> str:
     keys = SHOWN.get(manifest.stage, tuple(manifest.config))
-    shown = {k: manifest.config.get(k) for k in keys}
-    text = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items()
-                    if v is not None)
-    return text if len(text) <= WIDTH else text[: WIDTH - 1] + "…"
+    return " ".join(f"{k}={_value(v)}" for k in keys if (v := manifest.config.get(k)) is not None)
 
 
 def _entry(d: Path, rel: str, key: str, files: list[str], is_store: bool) -> Entry | None:

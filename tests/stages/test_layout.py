@@ -96,8 +96,9 @@ def test_file_names_and_paths_are_unchanged(tiny_cfg) -> None:
 def test_every_stage_module_is_a_named_stage_and_back() -> None:
     """One list of stages (pipeline.artifacts.expected.STAGES): the CLI and `overwrite=[...]` derive from it."""
     from pipeline.artifacts.expected import STAGES
-    from stages.cli import stage_names
+    from stages.cli import COMMANDS, stage_names
 
     modules = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__", "cli"}
     assert set(STAGES) == modules
     assert stage_names() == [*STAGES, "run"]
+    assert not set(COMMANDS) & {*stage_names(), *modules}  # ls, gc, migrate are commands, not stages
