@@ -2,8 +2,12 @@
 
 - ``atomic``: fingerprints, file digests, atomic file and directory writes.
 - ``manifest``: manifests, artifact states (reuse / resume / refuse), reading artifact JSON.
-- ``layout``: where each artifact lives (``ArtifactPaths``), its file names, and the rate of a run.
+- ``identity``: what a run's inputs are (weights, calibration text), from the config and the input files alone.
+- ``layout``: where each artifact lives (``ArtifactPaths``: names from those identities), its file names, and the
+  rate of a run.
 - ``expected``: the manifest each artifact must carry for a config, with the stages' code versions.
+- ``aliases``, ``inventory``, ``legacy`` (imported by the CLI, not here): the ``latest/`` view DVC tracks,
+  ``modegpt ls`` / ``gc``, and the layout before content-addressed names with ``modegpt migrate``.
 Each artifact read back as a later stage's input: :mod:`pipeline.readers` (a layer above, beside the store).
 """
 
