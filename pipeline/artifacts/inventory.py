@@ -155,6 +155,7 @@ def listing(cfg: Any) -> str:
 def _resolve(name: str, entries: list[Entry], paths: ArtifactPaths) -> tuple[Path, list[Entry]]:
     """What ``name`` names: an artifact, or a directory of artifacts (a path), exactly one or an error."""
     roots = [_abs(paths.root), _abs(paths.store_root)]
+    found: dict[Path, list[Entry]] = {}
     for candidate in (Path(name), paths.root / name, paths.store_root / name):
         if not candidate.exists():
             continue
@@ -165,11 +166,16 @@ def _resolve(name: str, entries: list[Entry], paths: ArtifactPaths) -> tuple[Pat
         if not any(_within(p, r) for r in roots):
             raise ArtifactError(f"gc: {name} is outside {paths.root} and {paths.store_root}: gc removes artifacts only")
         inside = [e for e in entries if _within(_abs(e.path), p)]
-        if inside:
-            return p, inside
         holder = next((e for e in entries if _within(p, _abs(e.path))), None)
-        if holder is not None:
+        if inside:
+            found[p] = inside
+        elif holder is not None:
             raise ArtifactError(f"gc: {name} is inside the artifact {holder.key}: name the whole artifact")
+    if len(found) > 1:  # e.g. a model key names both its run directories and its stores
+        raise ArtifactError(f"gc: {name} is ambiguous: it names {', '.join(map(str, sorted(found)))}: name one by "
+                            "its whole path")
+    if found:
+        return next(iter(found.items()))
     # By key, or by its last components: an artifact's, or a directory's that holds artifacts (a whole run).
     wanted = name.strip("/")
     keyed = {_abs(e.path): e.key for e in entries} | _holders(entries, paths)

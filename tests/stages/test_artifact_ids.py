@@ -82,6 +82,7 @@ def test_gc_removes_only_what_is_named(two_calibrations, monkeypatch, capsys) ->
     root = f"paths.root={pa.root}"
     assert "matches nothing" in modegpt_error(["gc", root, "no-such-artifact"], monkeypatch)
     assert "ambiguous" in modegpt_error(["gc", root, pa.solve().name], monkeypatch)  # the same tag in a and b
+    assert "ambiguous" in modegpt_error(["gc", root, pa.model_key], monkeypatch)  # its runs and its stores
     assert "takes no option --force" in modegpt_error(["gc", root, "--force", "x"], monkeypatch)
     capsys.readouterr()
     modegpt(["gc", root, str(pb.store), "--dry-run"], monkeypatch)
