@@ -58,6 +58,8 @@ METHODS = {  # name -> overrides on top of the run's config
     "paper+shrink": [*PAPER, "compression.mlp_refit=shrink"],
     "paper+budget": [*PAPER, "compression.allocation=error"],
     "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
+    "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
+                                   "compression.mlp_refit=shrink"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],

@@ -105,6 +105,10 @@ class ArtifactPaths:
         """The parent of every solve artifact (one per compression tag)."""
         return self.run_root / "solve"
 
+    def module_curves(self, key: str) -> Path:
+        """Module error curves of one store and solver setting (``compression.allocation=error``), shared by rates."""
+        return self.solves / f"curves-{key[:12]}.safetensors"
+
     def solve(self, rate: float | None = None) -> Path:
         return self.solves / self.compression_tag(rate)
 

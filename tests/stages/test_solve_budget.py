@@ -54,3 +54,22 @@ def test_error_allocation_is_refused_for_methods_without_curves(tmp_path, tiny_m
         "compression.allocation": "error", "compression.method": "weight_svd"}))
     with pytest.raises(ConfigError, match="compression.allocation='error' is invalid"):
         validate(cfg)
+
+
+def test_module_curves_are_computed_once_per_store_and_shared_by_rates(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+    overrides = tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{"compression.allocation": "error"})
+    cfg = compose_config(overrides)
+    tokenize.run(cfg)
+    capture.run(cfg)
+    solve.run(cfg)
+    curves = list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))
+    assert len(curves) == 1
+    from pipeline.methods.modegpt import ModeGPT
+
+    monkeypatch.setattr(ModeGPT, "module_curves", lambda *a, **k: pytest.fail("curves recomputed for a second rate"))
+    second = solve.run(compose_config([*overrides, "compression.rate=0.1"]))
+    assert read_manifest(second).status == "complete"
+    # A setting the curves depend on makes new ones, never reuses the old.
+    monkeypatch.undo()
+    solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2
