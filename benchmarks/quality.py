@@ -12,7 +12,7 @@ Methods: `modegpt` (this project's default solver), `paper` (the paper's MoDeGPT
 (the paper's, the same sparsity in every layer), `weight_svd` (truncated SVD of each weight, rank for the same
 parameter count), `layer_removal` (ShortGPT: whole blocks of lowest Block Influence) and `whitened_svd` (SVD-LLM:
 SVD in each linear's whitened input space). The `paper+...` rows change one part of the paper's recipe each
-(`--methods paper paper+greedy paper+shrink paper+budget`). Perplexities are cached by model fingerprint under
+(`--methods paper paper+greedy paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
 <root>/benchmarks/perplexity-cache, so adding rows reruns only the new ones. Zero-shot answers
 are cached per solve (lm-eval's request cache under <root>/cache/eval-requests), so an interrupted run resumes and
 a rerun costs only what is new.
@@ -21,6 +21,7 @@ a rerun costs only what is new.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -70,6 +71,16 @@ DEFAULT_METHODS = ["modegpt", "paper", "uniform", "weight_svd", "layer_removal",
 def uses_temperature(row: dict[str, Any]) -> bool:
     """Rows whose allocation reads the BI temperature (the others show no ε)."""
     return row.get("allocation") == "bi" and row.get("solver") == "modegpt"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def compose_cfg(overrides: list[str]):
@@ -154,8 +165,9 @@ def main() -> None:
                              request_cache=paths.eval_request_cache(fingerprint))
 
     def evaluate(model: torch.nn.Module, fingerprint: str) -> dict[str, Any]:
-        # Perplexities are cached by the model's fingerprint and the windows, so adding a row reruns only it.
-        key = {"model": fingerprint, "seq_len": args.seq_len, "max_windows": max_windows, "source": source,
+        # Perplexities are cached by the model's weights themselves (not by where or how they were made) and the
+        # windows, so adding a row reruns only it and a moved artifact still hits.
+        key = {"model": weights_digest(model), "seq_len": args.seq_len, "max_windows": max_windows, "source": source,
                "dtype": cfg.model.dtype}
         cached = paths.root / "benchmarks" / "perplexity-cache" / f"{fingerprint_of(key)[:16]}.json"
         if cached.exists():

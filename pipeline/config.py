@@ -47,7 +47,7 @@ class CompressionConfig:
     method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
-    allocation: str = "bi"  # bi (Block Influence, the paper) | uniform | error (one budget across modules)
+    allocation: str = "error"  # error (one budget across modules and layers) | bi (Block Influence, the paper) | uniform
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
@@ -55,7 +55,7 @@ class CompressionConfig:
     eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
     round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
     mlp_selection: str = "leverage"  # Type-I columns: leverage (the paper) | greedy (residual elimination)
-    mlp_refit: str = "paper"  # Type-I refit: paper (ridge toward 0) | shrink (toward the dense rows)
+    mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
 
 
 @dataclass
