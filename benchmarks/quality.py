@@ -8,9 +8,12 @@ compressed model in memory and prints one Markdown table; JSON goes to outputs/b
     .venv/bin/python benchmarks/quality.py --zero-shot --rates 0.25 --max-windows 0 --limit 0   # the full splits
     .venv/bin/python benchmarks/quality.py calibration=paper                 # the paper's 128 x 2048 calibration
 
-Methods: `modegpt` (BI allocation), `uniform` (MoDeGPT, the same sparsity in every layer), `weight_svd`
-(truncated SVD of each weight, rank for the same parameter count), `layer_removal` (ShortGPT: whole blocks of
-lowest Block Influence) and `whitened_svd` (SVD-LLM: SVD in each linear's whitened input space). Zero-shot answers
+Methods: `modegpt` (this project's default solver), `paper` (the paper's MoDeGPT: `compression=paper`), `uniform`
+(the paper's, the same sparsity in every layer), `weight_svd` (truncated SVD of each weight, rank for the same
+parameter count), `layer_removal` (ShortGPT: whole blocks of lowest Block Influence) and `whitened_svd` (SVD-LLM:
+SVD in each linear's whitened input space). The `paper+...` rows change one part of the paper's recipe each
+(`--methods paper paper+greedy paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
+<root>/benchmarks/perplexity-cache, so adding rows reruns only the new ones. Zero-shot answers
 are cached per solve (lm-eval's request cache under <root>/cache/eval-requests), so an interrupted run resumes and
 a rerun costs only what is new.
 """
@@ -18,6 +21,7 @@ a rerun costs only what is new.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -26,7 +30,15 @@ from typing import Any
 import torch
 
 from pipeline.adapters import adapter_for
-from pipeline.artifacts import ArtifactPaths, achieved_rates, atomic_write_json, model_fingerprint, read_manifest
+from pipeline.artifacts import (
+    ArtifactPaths,
+    achieved_rates,
+    atomic_write_json,
+    model_fingerprint,
+    read_json,
+    read_manifest,
+)
+from pipeline.artifacts import fingerprint as fingerprint_of
 from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
@@ -37,14 +49,38 @@ from pipeline.methods import method_named
 from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
-METHODS = {  # name -> compression overrides
-    "modegpt": ["compression.method=modegpt", "compression.allocation=bi"],
-    "uniform": ["compression.method=modegpt", "compression.allocation=uniform"],
+PAPER = ["compression=paper"]  # the paper's MoDeGPT exactly (conf/compression/paper.yaml)
+METHODS = {  # name -> overrides on top of the run's config
+    "modegpt": [],  # this project's default solver (conf/compression/default.yaml)
+    "paper": PAPER,
+    "uniform": [*PAPER, "compression.allocation=uniform"],
+    # ablations (issue 15): one part of the paper's recipe changed at a time
+    "paper+greedy": [*PAPER, "compression.mlp_selection=greedy"],
+    "paper+shrink": [*PAPER, "compression.mlp_refit=shrink"],
+    "paper+budget": [*PAPER, "compression.allocation=error"],
+    "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
+    "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
+                                   "compression.mlp_refit=shrink"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
 }
-NO_EPSILON = ("dense", "weight_svd", "whitened_svd", "layer_removal")  # methods the BI temperature does not touch
+DEFAULT_METHODS = ["modegpt", "paper", "uniform", "weight_svd", "layer_removal", "whitened_svd"]
+
+
+def uses_temperature(row: dict[str, Any]) -> bool:
+    """Rows whose allocation reads the BI temperature (the others show no ε)."""
+    return row.get("allocation") == "bi" and row.get("solver") == "modegpt"
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def compose_cfg(overrides: list[str]):
@@ -80,7 +116,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
           "retention | above-chance retention |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        eps = "" if r["method"] in NO_EPSILON else f"{r['epsilon']:g}"
+        eps = f"{r['epsilon']:g}" if uses_temperature(r) else ""
         zs = r.get("zero_shot") or {}
         print(f"| {r['method']} | {r['rate']:g} | {eps} | {r['block_rate']:.1%} | {r['params'] / 1e6:.1f}M | "
               f"{r['ppl']:.2f} | {_pm(zs.get('average'), zs.get('average_stderr'))} | "
@@ -90,7 +126,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.25, 0.3, 0.4])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
+                        help="rows; the paper+... rows are the solver ablations")
     parser.add_argument("--epsilons", type=float, nargs="*", default=[],
                         help="BI temperatures for a MoDeGPT sensitivity sweep at --epsilon-rate, e.g. 0.02 0.05 0.2")
     parser.add_argument("--epsilon-rate", type=float, default=0.3)
@@ -128,7 +165,16 @@ def main() -> None:
                              request_cache=paths.eval_request_cache(fingerprint))
 
     def evaluate(model: torch.nn.Module, fingerprint: str) -> dict[str, Any]:
-        ppl = perplexity(model, ids, args.seq_len, max_windows=max_windows)["perplexity"]
+        # Perplexities are cached by the model's weights themselves (not by where or how they were made) and the
+        # windows, so adding a row reruns only it and a moved artifact still hits.
+        key = {"model": weights_digest(model), "seq_len": args.seq_len, "max_windows": max_windows, "source": source,
+               "dtype": cfg.model.dtype}
+        cached = paths.root / "benchmarks" / "perplexity-cache" / f"{fingerprint_of(key)[:16]}.json"
+        if cached.exists():
+            ppl = read_json(cached)["perplexity"]
+        else:
+            ppl = perplexity(model, ids, args.seq_len, max_windows=max_windows)["perplexity"]
+            atomic_write_json(cached, {"perplexity": ppl, **key})
         return {"ppl": ppl, "zero_shot": zero_shot(model, fingerprint)}
 
     dense_row = {"method": "dense", "rate": 0.0, "epsilon": None, "params": dense_params, "block_rate": 0.0,
@@ -136,7 +182,7 @@ def main() -> None:
     rows = [dense_row]
     print(f"dense: ppl {dense_row['ppl']:.3f}", flush=True)
     jobs = [(m, r, None) for r in args.rates for m in args.methods]
-    jobs += [("modegpt", args.epsilon_rate, e) for e in args.epsilons if e != cfg.compression.temperature]
+    jobs += [("paper", args.epsilon_rate, e) for e in args.epsilons if e != cfg.compression.temperature]
     for method, rate, eps in jobs:
         start = time.perf_counter()
         over = [*base, *METHODS[method], f"compression.rate={rate}"]
@@ -147,6 +193,7 @@ def main() -> None:
         model, params = compressed_model(dense, adapter, job_cfg, solve_dir)
         rates = achieved_rates(dense_params, dense_block, params)
         row = {"method": method, "rate": rate, "epsilon": eps if eps is not None else job_cfg.compression.temperature,
+               "solver": job_cfg.compression.method, "allocation": job_cfg.compression.allocation,
                "params": params, "block_rate": rates["achieved_block_rate"], "model_rate": rates["achieved_model_rate"],
                **evaluate(model, read_manifest(solve_dir).fingerprint)}
         if row["zero_shot"] is not None:

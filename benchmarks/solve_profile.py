@@ -11,6 +11,7 @@ computes them, and the eigendecomposition form), and torch.profiler's top operat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -23,7 +24,8 @@ from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
-from pipeline.modegpt import mlp, vo
+from pipeline.methods import method_named
+from pipeline.modegpt import SELECTIONS, mlp, vo
 from pipeline.readers import open_store
 from stages.solve import _plan
 
@@ -65,11 +67,15 @@ def main() -> None:
     cfg = compose_config(args.overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
-    store, _ = open_store(cfg)
+    store, store_manifest = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     heads, k = adapter.head_layout(), cfg.compression
-    plans, _ = _plan(cfg, store, adapter, args.rate)
-    settings = solver.SolverSettings(k.method, k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
+    settings = solver.SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection,
+                                     k.mlp_refit)
+    # The plan under the paper's allocation (BI): the error allocation's curves are timed on their own below.
+    bi_cfg = compose_config([*args.overrides, "compression.allocation=bi"])
+    plans, _ = _plan(bi_cfg, store, store_manifest.fingerprint, adapter, method_named("modegpt"), args.rate,
+                     settings, device)
     stats = {n: t.to(device) for n, t in store.read_layer(args.layer, verify=False).items()}
     dense = solver.DenseLayer.from_layer(adapter.layer(args.layer), heads, device)
 
@@ -86,6 +92,15 @@ def main() -> None:
     cholesky = best_seconds(lambda: mlp.ridge_leverage_scores(corr, k.ridge_lambda), device, args.repeats)
     eigh = best_seconds(lambda: mlp._leverage_from_eigh(corr, k.ridge_lambda), device, args.repeats)
     print(f"ridge leverage scores: Cholesky {cholesky:.4f} s, eigendecomposition {eigh:.4f} s")
+    shape = adapter.block_shape()
+    for selection in SELECTIONS:
+        variant = dataclasses.replace(settings, mlp_selection=selection)
+        seconds = best_seconds(lambda v=variant: solver.solve_modegpt_layer(stats, dense, plans[args.layer], heads, v),
+                               device, args.repeats)
+        curves = best_seconds(lambda v=variant: solver.module_error_curves(stats, dense, shape, v, k.max_sparsity),
+                              device, 1)
+        print(f"mlp_selection={selection}: solve_modegpt_layer {seconds:.3f} s; module error curves "
+              f"(compression.allocation=error, once per layer and rate) {curves:.3f} s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         solve_layer()

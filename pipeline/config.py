@@ -47,13 +47,15 @@ class CompressionConfig:
     method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
-    allocation: str = "bi"  # bi (Block Influence) | uniform
+    allocation: str = "error"  # error (one budget across modules and layers) | bi (Block Influence, the paper) | uniform
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
     nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
     eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
     round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
+    mlp_selection: str = "leverage"  # Type-I columns: leverage (the paper) | greedy (residual elimination)
+    mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Config:
 
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
-ALLOCATIONS = ("bi", "uniform")
+ALLOCATIONS = ("bi", "uniform", "error")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 
@@ -144,6 +146,12 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.batch_size > 0, "calibration.batch_size", c.batch_size, "a positive integer")
     _check_choice("compression.method", k.method, tuple(METHODS))
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
+    _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,
+           f"bi or uniform with compression.method={k.method} (error needs a method with module error curves)")
+    from pipeline.modegpt import REFITS, SELECTIONS
+
+    _check_choice("compression.mlp_selection", k.mlp_selection, SELECTIONS)
+    _check_choice("compression.mlp_refit", k.mlp_refit, REFITS)
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:
         _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")

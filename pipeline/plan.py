@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from pipeline.modegpt.budget import ModuleCurve
+
 
 @dataclass(frozen=True)
 class LayerPlan:
@@ -54,3 +56,23 @@ class LayerSolution:
             sparsity=sparsity, mlp_width=int(self.mlp_index.numel()), qk_dim=int(self.qk_index.shape[1]),
             v_dim=int(self.v_weight.shape[2]),
         )
+
+
+def curves_to_tensors(curves: list[dict[str, ModuleCurve]]) -> dict[str, torch.Tensor]:
+    """Every layer's module error curves as flat tensors (``layer.module.error`` and ``layer.module.meta``)."""
+    out = {}
+    for index, layer in enumerate(curves):
+        for name, c in layer.items():
+            out[f"{index}.{name}.error"] = c.error.to(torch.float64).contiguous()
+            out[f"{index}.{name}.meta"] = torch.tensor([c.unit_params, c.min_keep], dtype=torch.long)
+    return out
+
+
+def curves_from_tensors(t: dict[str, torch.Tensor], num_layers: int) -> list[dict[str, ModuleCurve]]:
+    curves: list[dict[str, ModuleCurve]] = [{} for _ in range(num_layers)]
+    for key, error in t.items():
+        index, name, kind = key.split(".")
+        if kind == "error":
+            unit_params, min_keep = (int(v) for v in t[f"{index}.{name}.meta"])
+            curves[int(index)][name] = ModuleCurve(error=error, unit_params=unit_params, min_keep=min_keep)
+    return curves

@@ -8,6 +8,7 @@ outputs into a :class:`~pipeline.plan.LayerSolution` plus per-module reconstruct
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,19 +18,28 @@ from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
 from pipeline.modegpt import (
     F64,
     MlpSolution,
+    ModuleCurve,
     VoSolution,
+    allocate_widths,
     bi_sparsity,
     cr_select,
     fold_value_bias,
+    head_output_energy,
+    keep_order,
     kept_dim,
+    nested_mlp_residuals,
     nystrom_mlp,
+    qk_error_curve,
     uniform_sparsity,
+    vo_rank_residuals,
     vo_residual,
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
 
 log = logging.getLogger(__name__)
+
+MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 
 # A channel whose mean square exceeds this multiple of the median's (RMS 100x the median) carries a massive
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
@@ -42,6 +52,8 @@ class SolverSettings:
     nystrom_ridge: float = 1e-6
     eig_floor: float = 1e-8
     round_to: int = 1
+    mlp_selection: str = "leverage"  # leverage (the paper) | greedy (backward elimination on the residual)
+    mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
 
 
 @dataclass
@@ -173,6 +185,8 @@ def safeguard_notes(tokens: float, mlp_corr: Tensor, attn_corr: Tensor, mlp: Mlp
     if mlp.ridge_pivots:
         notes.append(f"C_JJ ridge {mlp.ridge:.3g} carried {mlp.ridge_pivots} of {mlp.index.numel()} "
                      "near-singular pivots")
+    if math.isinf(mlp.shrink):
+        notes.append("Type-I kept the dense down-projection rows (no more tokens than kept columns to refit)")
     if mlp.pseudo_inverse:
         notes.append("C_JJ singular even with the ridge: solved by pseudo-inverse")
     if vo.floored:
@@ -196,7 +210,7 @@ def solve_modegpt_layer(
     # C W_D serves three times: the Nyström right-hand side (its rows J), the MLP output energy, and the error.
     corr_down = mlp_corr @ dense.down
     mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge,
-                      corr_w=corr_down)
+                      corr_w=corr_down, selection=settings.mlp_selection, refit=settings.mlp_refit, tokens=tokens)
     mlp_energy = (dense.down * corr_down).sum()
     mlp_error = _mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
 
@@ -220,3 +234,59 @@ def solve_modegpt_layer(
     if notes:
         log.info("%s: %s", "layer" if layer is None else f"layer {layer}", "; ".join(notes))
     return solution, errors
+
+
+def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: BlockShape, settings: SolverSettings,
+                        max_sparsity: float) -> dict[str, ModuleCurve]:
+    """Each module's output error against its kept width, as a relative change of the residual stream.
+
+    A module's error E‖e‖² (per token, the solver's own objective) is scaled by E[1/‖h‖²] of the residual stream
+    it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
+    is large. Modules the family does not let MoDeGPT cut offer only their full width.
+    """
+    if "inv_resid_in" not in stats or "inv_resid_out" not in stats:
+        raise KeyError("inv_resid_in")
+    heads = shape.heads
+    tokens = float(stats["tokens"])
+    mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
+    attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
+
+    def floor(full: int) -> int:
+        return max(1, math.ceil((1.0 - max_sparsity) * full))
+
+    full_mlp = shape.intermediate_size
+    corr_down = mlp_corr @ dense.down
+    order = keep_order(mlp_corr, dense.down, settings.mlp_selection, floor(full_mlp), settings.ridge_lambda,
+                       settings.nystrom_ridge, corr_w=corr_down)
+    mlp_err = nested_mlp_residuals(mlp_corr, dense.down, order, settings.nystrom_ridge, corr_w=corr_down)
+    widths = torch.arange(full_mlp + 1, device=mlp_err.device)
+    mlp_err = torch.where(widths % settings.round_to == 0, mlp_err, torch.full_like(mlp_err, math.inf))
+    mlp_err[-1] = 0.0  # keeping everything reproduces the dense module exactly (no refit, no ridge)
+    head_energy = head_output_energy(attn_corr, dense.v, dense.o)
+    qk_err = qk_error_curve(stats["q_energy"] / tokens, stats["k_energy"] / tokens, head_energy, heads.rope)
+    vo_err = vo_rank_residuals(attn_corr, dense.v, dense.o, settings.eig_floor)
+    params = {"mlp": shape.linear_params(1, 0, 0, {}), "qk": shape.linear_params(0, 1, 0, {}),
+              "vo": shape.linear_params(0, 0, 1, {})}
+    curves = {}
+    for name, err, scale in (("mlp", mlp_err, mlp_scale), ("qk", qk_err, attn_scale), ("vo", vo_err, attn_scale)):
+        full = err.numel() - 1
+        keep_min = floor(full) if name in shape.compressible else full
+        if name == "qk" and heads.rope:
+            keep_min = min(full, keep_min + keep_min % 2)
+        curves[name] = ModuleCurve(error=(err * scale).cpu(), unit_params=params[name], min_keep=keep_min)
+    return curves
+
+
+def plan_from_curves(curves: list[dict[str, ModuleCurve]], target: float, shape: BlockShape) -> list[LayerPlan]:
+    """Kept widths of every module of every layer under one budget: ``target`` of the blocks' linear weights."""
+    flat = [layer[m] for layer in curves for m in MODULE_ORDER]
+    budget = round(target * shape.linear_params(shape.intermediate_size, shape.heads.head_dim,
+                                                shape.heads.head_dim, {}) * len(curves))
+    widths = allocate_widths(flat, budget)
+    dense = shape.dense_linear_params({})
+    plans = []
+    for i in range(len(curves)):
+        mlp, qk, v = widths[3 * i : 3 * i + 3]
+        sparsity = 1.0 - shape.linear_params(mlp, qk, v, {}) / dense
+        plans.append(LayerPlan(sparsity=sparsity, mlp_width=mlp, qk_dim=qk, v_dim=v))
+    return plans

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from pipeline.adapters import adapter_for
@@ -28,6 +28,7 @@ from pipeline.artifacts import (
     atomic_path,
     atomic_write_json,
     expected_solve,
+    fingerprint,
     layer_file,
     prepare_output,
     read_json,
@@ -36,11 +37,14 @@ from pipeline.artifacts import (
 )
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
-from pipeline.plan import LayerPlan
+from pipeline.modegpt import ModuleCurve
+from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.readers import layer_errors, open_store, stored_numel
 from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
+
+CURVES_VERSION = 1  # bump when module_error_curves changes what it computes
 
 
 def run(cfg: Any, rate: float | None = None) -> Path:
@@ -61,7 +65,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     adapter = adapter_for(model, cfg.model.family)
     num_layers = adapter.num_layers
     method = method_named(k.method)
-    plans, plan_doc = _plan(cfg, store, adapter, method, target_rate)
+    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection, k.mlp_refit)
+    plans, plan_doc = _plan(cfg, store, store_manifest.fingerprint, adapter, method, target_rate, settings, device)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
         if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
@@ -71,7 +76,6 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         write_manifest(target, expected)
         atomic_write_json(target / PLAN, plan_doc)
 
-    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to)
     errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weights-only methods need none).
@@ -113,16 +117,42 @@ def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch
     return err
 
 
-def _plan(cfg: Any, store: Any, adapter: Any, method: Method, target_rate: float
-          ) -> tuple[list[LayerPlan], dict[str, Any]]:
-    """Per-layer sparsities (the method's, from the store's Block Influence sums) and kept widths, plus plan.json's
-    content."""
+def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
+                   settings: SolverSettings, device: torch.device) -> list[dict[str, ModuleCurve]]:
+    """Every layer's module error curves for ``compression.allocation=error``: one pass over the store, cached in a
+    file named by what produced it (they do not depend on the rate, so every rate of a sweep reuses them)."""
+    k = cfg.compression
+    key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
+           **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
+                                                 "mlp_selection")}}
+    path = ArtifactPaths(cfg).module_curves(fingerprint(key))
+    if path.exists():
+        log.info("reusing module error curves %s", path)
+        return curves_from_tensors(load_file(str(path)), adapter.num_layers)
+    curves = []
+    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
+    with contextlib.closing(layers):
+        for index, sums in tqdm(layers, desc="error curves", unit="layer", total=adapter.num_layers, disable=None):
+            start = time.perf_counter()
+            curves.append(method.module_curves(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device))
+            log.info("error curves layer %d/%d (%.2f s)", index + 1, adapter.num_layers, time.perf_counter() - start)
+    with atomic_path(path) as tmp:
+        save_file(curves_to_tensors(curves), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+    return curves
+
+
+def _plan(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method, target_rate: float,
+          settings: SolverSettings, device: torch.device) -> tuple[list[LayerPlan], dict[str, Any]]:
+    """Per-layer sparsities (the method's, from the store's Block Influence sums, or one budget across modules
+    from their error curves) and kept widths, plus plan.json's content."""
     k = cfg.compression
     shape, heads = adapter.block_shape(), adapter.head_layout()
     scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens"))
                for i in range(adapter.num_layers)]
     block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
-    plans = method.plan(block_influence, target_rate, k, adapter)
+    curves = (_module_curves(cfg, store, store_fingerprint, adapter, method, settings, device)
+              if k.allocation == "error" else None)
+    plans = method.plan(block_influence, target_rate, k, adapter, curves)
     doc = {"rate": target_rate, "allocation": k.allocation, "method": k.method,
            "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
            "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}

@@ -57,6 +57,7 @@ EVAL_KEYS = (
 # Compression keys that change the solver's output (everything but the rate list used for sweeps).
 SOLVER_KEYS = (
     "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
+    "mlp_selection", "mlp_refit",
 )
 
 
@@ -155,6 +156,10 @@ class ArtifactPaths:
     def solves(self) -> Path:
         """The parent of every solve artifact (one per compression tag)."""
         return self.run_root / "solve"
+
+    def module_curves(self, key: str) -> Path:
+        """Module error curves of one store and solver setting (``compression.allocation=error``), shared by rates."""
+        return self.solves / f"curves-{key[:12]}.safetensors"
 
     def solve(self, rate: float | None = None) -> Path:
         return self.solves / self.compression_tag(rate)

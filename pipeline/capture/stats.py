@@ -14,10 +14,12 @@ import torch.nn.functional as F
 
 from pipeline.adapters import HeadLayout, LayerAdapter, output_source
 
-STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens", "mlp_in_gram", "o_in_gram")
-# Read only by the whitened-SVD baseline. Stores captured before they existed lack them and still solve MoDeGPT,
-# so they are optional (no capture code-version bump): whitened_svd asks for a recapture when they are missing.
-OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram")
+STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens", "mlp_in_gram", "o_in_gram",
+              "inv_resid_in", "inv_resid_out")
+# Read only by the whitened-SVD baseline (the grams) and the module-budget allocation (the inverse residual
+# energies). Stores captured before they existed lack them and still solve the paper's MoDeGPT, so they are
+# optional (no capture code-version bump): the methods that read them ask for a recapture when they are missing.
+OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram", "inv_resid_in", "inv_resid_out")
 
 
 def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, tuple[int, ...]]:
@@ -31,6 +33,10 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, 
         "tokens": (),  # token count
         "mlp_in_gram": (hidden, hidden),  # sum of u u^T, u = input of up/gate (after the MLP's norm)
         "o_in_gram": (heads.num_heads * heads.head_dim,) * 2,  # sum of a a^T, a = attention output before o_proj
+        # sum of 1 / ||h||^2 over tokens of the block's input and output residual stream: the scale that turns a
+        # module's output error into the relative change the next norm sees (robust to a few massive tokens)
+        "inv_resid_in": (),
+        "inv_resid_out": (),
     }
 
 
@@ -44,6 +50,8 @@ class LayerStats:
     tokens: torch.Tensor
     mlp_in_gram: torch.Tensor
     o_in_gram: torch.Tensor
+    inv_resid_in: torch.Tensor
+    inv_resid_out: torch.Tensor
 
     @classmethod
     def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
@@ -138,8 +146,11 @@ class LayerStatsCollector:
         self.stats.k_energy += k.square().sum(0).view(self.heads.num_kv_heads, self.heads.head_dim)
 
     def add_block_influence(self, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
-        cos = F.cosine_similarity(_flat64(block_in), _flat64(block_out), dim=-1)
-        self.stats.bi_cos += cos.sum()
+        h_in, h_out = _flat64(block_in), _flat64(block_out)
+        self.stats.bi_cos += F.cosine_similarity(h_in, h_out, dim=-1).sum()
+        tiny = torch.finfo(torch.float64).tiny
+        self.stats.inv_resid_in += h_in.square().sum(-1).clamp_min(tiny).reciprocal().sum()
+        self.stats.inv_resid_out += h_out.square().sum(-1).clamp_min(tiny).reciprocal().sum()
 
     def finish(self) -> None:
         """Complete the symmetric Gram matrices; call once after the layer's last batch."""

@@ -10,8 +10,9 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings, layer_sparsities, plan_layer
+from pipeline.solver import SolverSettings, layer_sparsities, plan_from_curves, plan_layer
 
 
 class Method(ABC):
@@ -20,6 +21,7 @@ class Method(ABC):
     name: ClassVar[str]
     needs_store: ClassVar[bool]  # solve reads each layer's correlation sums (else weights only)
     assemblable: ClassVar[bool]  # its factors build a compressed checkpoint that assemble / evaluate take
+    error_allocation: ClassVar[bool] = False  # implements module_curves (compression.allocation=error)
     registry: ClassVar[dict[str, type[Method]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -31,14 +33,24 @@ class Method(ABC):
             raise TypeError(f"method {name!r} is registered twice")
         Method.registry[name] = cls
 
-    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter
-             ) -> list[LayerPlan]:
+    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter,
+             curves: list[dict[str, ModuleCurve]] | None = None) -> list[LayerPlan]:
         """Each layer's sparsity and kept widths: by default the configured allocation (Block Influence or
-        uniform) of ``target_rate`` over the layers, each layer cut to its sparsity."""
+        uniform) of ``target_rate`` over the layers, each layer cut to its sparsity; with ``allocation=error``
+        one budget across every module of every layer from their error curves (``module_curves``)."""
         k = compression
+        if k.allocation == "error":
+            if curves is None:
+                raise ValueError(f"compression.allocation=error needs the module error curves of {self.name}")
+            return plan_from_curves(curves, target_rate, adapter.block_shape())
         phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, k.max_sparsity)
         shape = adapter.block_shape()
         return [plan_layer(float(p), shape, k.round_to) for p in phi]
+
+    def module_curves(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
+                      settings: SolverSettings, max_sparsity: float, device: torch.device) -> dict[str, ModuleCurve]:
+        """One layer's error-versus-width curve per module, for ``compression.allocation=error``."""
+        raise NotImplementedError(f"compression.method={self.name} does not support compression.allocation=error")
 
     @abstractmethod
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,

@@ -6,9 +6,11 @@ import torch
 from torch import Tensor
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.artifacts import ArtifactError
 from pipeline.assembly import expected_parameter_count
+from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
-from pipeline.solver import DenseLayer, SolverSettings, solve_modegpt_layer
+from pipeline.solver import DenseLayer, SolverSettings, module_error_curves, solve_modegpt_layer
 
 from .base import Method
 
@@ -17,6 +19,7 @@ class ModeGPT(Method):
     name = "modegpt"
     needs_store = True
     assemblable = True
+    error_allocation = True
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
                     plan: LayerPlan, settings: SolverSettings, device: torch.device
@@ -29,6 +32,16 @@ class ModeGPT(Method):
         # Solved in FP64; stored in FP32, which is more than the checkpoint's own precision needs.
         tensors = {n: t.float() if t.is_floating_point() else t for n, t in solution.to_tensors().items()}
         return tensors, errors
+
+    def module_curves(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
+                      settings: SolverSettings, max_sparsity: float, device: torch.device) -> dict[str, ModuleCurve]:
+        missing = [n for n in ("inv_resid_in", "inv_resid_out") if n not in sums]
+        if missing:
+            raise ArtifactError(f"the correlation store lacks {', '.join(missing)} (captured before "
+                                "compression.allocation=error existed): rerun with overwrite=[capture]")
+        stats = {n: t.to(device) for n, t in sums.items()}
+        dense = DenseLayer.from_layer(layer, adapter.head_layout(), device)
+        return module_error_curves(stats, dense, adapter.block_shape(), settings, max_sparsity)
 
     def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
         return adapter.total_params() - expected_parameter_count(adapter, plans)

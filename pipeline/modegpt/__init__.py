@@ -13,13 +13,40 @@ from pipeline.modegpt.baselines import (
     whitened_truncated_svd,
     whitening_roots,
 )
-from pipeline.modegpt.mlp import MlpSolution, mlp_residual, nystrom_mlp, nystrom_update, ridge_leverage_scores
+from pipeline.modegpt.budget import ModuleCurve, allocate_widths
+from pipeline.modegpt.mlp import (
+    REFITS,
+    SELECTIONS,
+    MlpSolution,
+    keep_order,
+    mlp_residual,
+    nystrom_mlp,
+    nystrom_update,
+    ridge_leverage_scores,
+)
+from pipeline.modegpt.profile import (
+    greedy_keep_order,
+    head_output_energy,
+    nested_mlp_residuals,
+    qk_error_curve,
+    vo_rank_residuals,
+)
 from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
 from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd
 
 __all__ = [
     "F64",
+    "REFITS",
+    "SELECTIONS",
     "MlpSolution",
+    "ModuleCurve",
+    "allocate_widths",
+    "greedy_keep_order",
+    "head_output_energy",
+    "keep_order",
+    "nested_mlp_residuals",
+    "qk_error_curve",
+    "vo_rank_residuals",
     "VoSolution",
     "bi_sparsity",
     "cr_select",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,10 @@ from pipeline.modegpt._linalg import (
     stable_top_indices,
     symmetric,
 )
+from pipeline.modegpt.profile import greedy_keep_order
+
+SELECTIONS = ("leverage", "greedy")  # Type-I column selection rules
+REFITS = ("paper", "shrink")  # Type-I down-projection refit: ridge toward 0 (the paper) or toward the dense rows
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class MlpSolution:
     ridge: float = 0.0
     ridge_pivots: int = 0
     pseudo_inverse: bool = False
+    shrink: float = 0.0  # relative ridge of the refit toward the dense rows (refit="shrink"), else 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class _Update:
     ridge: float
     ridge_pivots: int
     pseudo_inverse: bool
+    shrink: float = 0.0
 
 
 def _check_mlp(corr: Tensor, w_down: Tensor) -> None:
@@ -100,11 +107,41 @@ def _leverage_from_eigh(corr: Tensor, ridge_lambda: float) -> Tensor:
     return (evecs.square() * shrink).sum(dim=-1)
 
 
+def leverage_keep_order(corr: Tensor, ridge_lambda: float) -> Tensor:
+    """All columns by descending ridge leverage score (ties to the lower index): the first k are the paper's
+    kept set of width k."""
+    return torch.argsort(ridge_leverage_scores(corr, ridge_lambda), descending=True, stable=True)
+
+
+def keep_order(corr: Tensor, w_down: Tensor, selection: str, min_keep: int, ridge_lambda: float,
+               nystrom_ridge: float, corr_w: Tensor | None = None) -> Tensor:
+    """Every column in keep-priority order under a selection rule (valid for kept widths ≥ min_keep)."""
+    if selection == "greedy":
+        return greedy_keep_order(corr, w_down, min_keep, nystrom_ridge, corr_w)
+    return leverage_keep_order(corr, ridge_lambda)
+
+
 def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float,
-                    corr_w: Tensor | None = None) -> _Update:
+                    corr_w: Tensor | None = None, shrink_tokens: float | None = None) -> _Update:
     c_jj = corr[index][:, index]
     rhs = corr[index] @ w_down if corr_w is None else corr_w[index]
     ridge = 0.0
+    if shrink_tokens is not None:
+        # Ridge toward the dense rows W_D,J (not toward 0), sized like the regression's variance: kept columns per
+        # spare calibration token, keep / (tokens − keep). A ridge toward 0 erases every direction the calibration
+        # never excited (C_JJ is singular with fewer tokens than columns); this keeps the dense rows there and
+        # refits only what the data determines, and with no spare tokens it keeps the dense rows outright
+        # (tests/pipeline/modegpt/test_profile.py: held-out error with fewer tokens than D).
+        spare = shrink_tokens - index.numel()
+        if spare <= 0:
+            return _Update(w_down=w_down[index].clone(), ridge=0.0, ridge_pivots=0, pseudo_inverse=False,
+                           shrink=math.inf)
+        scale = torch.diagonal(c_jj).mean().clamp_min(torch.finfo(F64).tiny)
+        rel = max(nystrom_ridge, index.numel() / spare)
+        eye = torch.eye(c_jj.shape[0], dtype=F64, device=c_jj.device)
+        w, chol = psd_solve_factored(c_jj + rel * scale * eye, rhs + rel * scale * w_down[index])
+        return _Update(w_down=w, ridge=float(rel * scale), ridge_pivots=0, pseudo_inverse=chol is None,
+                       shrink=rel)
     if nystrom_ridge > 0.0:
         # Relative ridge: scale-free, and it keeps C_JJ solvable when D ≫ d makes it near-singular.
         scale = torch.diagonal(c_jj).mean().clamp_min(0.0)
@@ -127,12 +164,18 @@ def nystrom_mlp(
     ridge_lambda: float = 1.0,
     nystrom_ridge: float = 1e-6,
     corr_w: Tensor | None = None,
+    selection: str = "leverage",
+    refit: str = "paper",
+    tokens: float | None = None,
 ) -> MlpSolution:
-    """Keep the `keep` intermediate columns with the top ridge leverage scores; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
+    """Keep `keep` intermediate columns; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
 
-    ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
+    ``selection="leverage"`` (the paper): the top ridge leverage scores of C. ``"greedy"``: the columns that
+    backward elimination on the Nyström residual itself keeps (``pipeline.modegpt.profile.greedy_keep_order``),
+    which also sees W_D. ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
     (the ridge would otherwise perturb an exact solution). ``corr_w`` = C W_D, if the caller has it anyway
-    (the right-hand side C_J: W_D is then its rows J, not a second product).
+    (the right-hand side C_J: W_D is then its rows J, not a second product). ``refit="shrink"`` ridges the refit
+    toward the dense rows instead of toward 0, by keep/tokens relative (``tokens``: the calibration's count).
     """
     _check_mlp(corr, w_down)
     full = corr.shape[0]
@@ -140,16 +183,24 @@ def nystrom_mlp(
         raise ValueError(f"keep must lie in [1, {full}], got {keep}")
     if nystrom_ridge < 0.0:
         raise ValueError(f"nystrom_ridge must be >= 0, got {nystrom_ridge}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
+    if refit not in REFITS or (refit == "shrink" and not (tokens or 0) > 0):
+        raise ValueError(f"refit must be one of {', '.join(REFITS)} (shrink with tokens > 0), got {refit!r}")
     c = as_f64(corr)
     w = as_f64(w_down)
     if keep == full:
         return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
-    scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
-    index = stable_top_indices(scores, keep)
     corr_w = None if corr_w is None else as_f64(corr_w)
-    update = _nystrom_update(c, w, index, nystrom_ridge, corr_w)
+    leverage_eigh = False
+    if selection == "greedy":
+        index = torch.sort(greedy_keep_order(c, w, keep, nystrom_ridge, corr_w)[:keep]).values
+    else:
+        scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
+        index = stable_top_indices(scores, keep)
+    update = _nystrom_update(c, w, index, nystrom_ridge, corr_w, tokens if refit == "shrink" else None)
     return MlpSolution(index=index, w_down=update.w_down, leverage_eigh=leverage_eigh, ridge=update.ridge,
-                       ridge_pivots=update.ridge_pivots, pseudo_inverse=update.pseudo_inverse)
+                       ridge_pivots=update.ridge_pivots, pseudo_inverse=update.pseudo_inverse, shrink=update.shrink)
 
 
 def nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float = 1e-6) -> Tensor:

@@ -13,7 +13,14 @@ def test_default_config_composes_and_validates() -> None:
     assert cfg.model.name == "smollm2-135m"
     assert cfg.model.source_kind == "gguf_package"
     assert cfg.calibration.num_samples == 32 and cfg.calibration.seq_len == 512
-    assert cfg.compression.allocation == "bi"
+    assert cfg.compression.allocation == "error" and cfg.compression.mlp_refit == "shrink"
+
+
+def test_paper_preset_is_the_papers_algorithm() -> None:
+    cfg = compose_config(["compression=paper"])
+    validate(cfg)
+    k = cfg.compression
+    assert (k.allocation, k.mlp_selection, k.mlp_refit, k.temperature) == ("bi", "leverage", "paper", 0.1)
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "opt-125m",

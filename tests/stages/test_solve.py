@@ -27,7 +27,7 @@ def _captured(tmp_path: Path, model_dir: Path, family: str, **extra) -> list[str
 @pytest.mark.parametrize("family", FAMILIES)
 def test_solve_meets_the_target_rate_without_forward_passes(tmp_path, tiny_model_dirs, family, monkeypatch) -> None:
     overrides = _captured(tmp_path, tiny_model_dirs[family], family)
-    cfg = compose_config([*overrides, "compression.rate=0.3"])
+    cfg = compose_config([*overrides, "compression=paper", "compression.rate=0.3"])  # BI: one phi per layer
     from pipeline.adapters import base
 
     monkeypatch.setattr(base.ModelAdapter, "block_inputs", lambda *a, **k: pytest.fail("solve ran a forward pass"))
@@ -54,7 +54,7 @@ def test_uniform_allocation_and_weight_svd_baseline(tmp_path, tiny_model_dirs) -
     overrides = _captured(tmp_path, tiny_model_dirs["llama"], "llama")
     uni = solve.run(compose_config([*overrides, "compression.allocation=uniform"]))
     assert {round(p["sparsity"], 12) for p in json.loads((uni / "plan.json").read_text())["layers"]} == {0.25}
-    svd_cfg = compose_config([*overrides, "compression.method=weight_svd"])
+    svd_cfg = compose_config([*overrides, "compression.method=weight_svd", "compression.allocation=uniform"])
     svd = solve.run(svd_cfg)
     assert "q_proj.a" in load_file(str(layer_file(svd, 0)))
     assert abs(read_manifest(svd).extra["achieved_block_rate"] - 0.25) < 0.05

@@ -1,0 +1,171 @@
+"""Output-aware column order for Type-I and each module's error as a function of its kept width.
+
+The module-budget allocation (``pipeline.modegpt.budget``) trades widths between modules and layers from these
+curves, so they are in the modules' own output units (mean squared error per token), never relative errors:
+  * Type-I: the Nyström residual Tr(W_Dᵀ (C − C_{:,J} C_JJ⁻¹ C_{J,:}) W_D) for every prefix J of a keep order;
+  * Type-III: the tail energy of the whitened SVD (exact, Eckart–Young);
+  * Type-II: a first-order estimate, the variance of the attention-logit change from dropping q/k columns times
+    the head's value-output energy (``qk_error_curve`` says why it is an upper estimate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from pipeline.modegpt._linalg import F64, as_f64, check_square, psd_sqrt_pair, symmetric
+
+
+def _ridged(corr: Tensor, nystrom_ridge: float) -> tuple[Tensor, float]:
+    """C + ρI with ρ = nystrom_ridge · mean(diag C), never below 1e-12 · mean(diag C) (so it factorises)."""
+    c = symmetric(corr)
+    scale = float(torch.diagonal(c).mean().clamp_min(torch.finfo(F64).tiny))
+    ridge = max(nystrom_ridge, 1e-12) * scale
+    return c + ridge * torch.eye(c.shape[0], dtype=F64, device=c.device), ridge
+
+
+def _inverse_pd(a: Tensor) -> Tensor:
+    """a⁻¹ for symmetric positive definite a; a ridge grown tenfold until it factorises (rank-deficient a)."""
+    scale = float(torch.diagonal(a).abs().mean().clamp_min(torch.finfo(F64).tiny))
+    eye = torch.eye(a.shape[0], dtype=F64, device=a.device)
+    shift = 0.0
+    for _ in range(8):
+        chol, info = torch.linalg.cholesky_ex(a + shift * eye)
+        if int(info) == 0:
+            return torch.cholesky_inverse(chol)
+        shift = scale * 1e-10 if shift == 0.0 else shift * 10.0
+    raise ValueError("correlation is not positive definite even with a ridge of 1e-3 x its scale")
+
+
+def elimination_block(full: int) -> int:
+    """Columns removed per elimination step: depends on D only, so every target width lies on one path."""
+    return max(1, full // 256)
+
+
+def greedy_keep_order(corr: Tensor, w_down: Tensor, min_keep: int = 1, nystrom_ridge: float = 1e-6,
+                      corr_w: Tensor | None = None) -> Tensor:
+    """Intermediate columns in keep-priority order (the first k are the kept set of width k, for k ≥ min_keep).
+
+    Backward elimination on the quantity Type-I minimises: with P = (C + ρI)⁻¹ over the surviving set and
+    B = P C W_D the refit's coefficients, dropping column j raises the residual by ‖B_j‖² / P_jj (the
+    multi-output form of "RSS rises by β_j² / (XᵀX)⁻¹_jj"). Each step drops the ``elimination_block`` cheapest
+    columns and downdates P and B exactly (a Schur complement on the dropped block), so the path costs about
+    D³ flops in D/block steps instead of a D³ solve per candidate. Leverage scores look at C alone; this sees
+    which columns the down projection actually reads.
+    """
+    check_square("corr", corr)
+    full = corr.shape[0]
+    if w_down.dim() != 2 or w_down.shape[0] != full:
+        raise ValueError(f"w_down must be [D, d] with D={full}, got shape {tuple(w_down.shape)}")
+    if not 1 <= min_keep <= full:
+        raise ValueError(f"min_keep must lie in [1, {full}], got {min_keep}")
+    ridged, _ = _ridged(corr, nystrom_ridge)
+    prec = _inverse_pd(ridged)
+    del ridged
+    rhs = as_f64(corr) @ as_f64(w_down) if corr_w is None else as_f64(corr_w)
+    coef = prec @ rhs
+    # P and B keep their full size: a dropped column's row and column become zero under the downdate, and a
+    # mask keeps it out of the ranking, so each step is one in-place rank-m update (no D² gathers).
+    alive = torch.ones(full, dtype=torch.bool, device=corr.device)
+    dropped: list[Tensor] = []
+    block, remaining = elimination_block(full), full
+    while remaining > min_keep:
+        m = min(block, remaining - min_keep)
+        gone = torch.argsort(_drop_cost(prec, coef, alive), stable=True)[:m]
+        rows = prec[gone]  # P_{S,:} (= P_{:,S}ᵀ: P is symmetric)
+        solved = torch.linalg.solve(rows[:, gone], torch.cat([rows, coef[gone]], dim=1))
+        prec.addmm_(rows.T, solved[:, :full], alpha=-1.0)
+        coef.addmm_(rows.T, solved[:, full:], alpha=-1.0)
+        alive[gone] = False
+        dropped.append(gone)
+        remaining -= m
+    cost = _drop_cost(prec, coef, alive)
+    survivors = torch.argsort(torch.where(alive, cost, -torch.inf), descending=True, stable=True)[:remaining]
+    return torch.cat([survivors, *reversed(dropped)]) if dropped else survivors
+
+
+def _drop_cost(prec: Tensor, coef: Tensor, alive: Tensor) -> Tensor:
+    """‖B_j‖² / P_jj for surviving columns, +inf for dropped ones."""
+    cost = coef.square().sum(1) / torch.diagonal(prec).clamp_min(torch.finfo(F64).tiny)
+    return torch.where(alive, cost, torch.full_like(cost, torch.inf))
+
+
+def nested_mlp_residuals(corr: Tensor, w_down: Tensor, order: Tensor, nystrom_ridge: float = 1e-6,
+                         corr_w: Tensor | None = None) -> Tensor:
+    """residual[k] (k = 0..D): the Type-I residual when the first k columns of ``order`` are kept.
+
+    One Cholesky factor L of the permuted C + ρI gives them all: with Z = L⁻¹ (C W_D)_order, the energy the
+    first k columns explain is Σ_{i<k} ‖Z_i‖², so residual[k] = Tr(W_Dᵀ C W_D) − that (clamped at 0).
+    """
+    check_square("corr", corr)
+    w = as_f64(w_down)
+    rhs = as_f64(corr) @ w if corr_w is None else as_f64(corr_w)
+    total = (w * rhs).sum()
+    ridged, _ = _ridged(corr, nystrom_ridge)
+    index = order.to(torch.long)
+    chol, info = torch.linalg.cholesky_ex(ridged[index[:, None], index])
+    if int(info) != 0:
+        raise ValueError("C + ridge is not positive definite: raise compression.nystrom_ridge")
+    z = torch.linalg.solve_triangular(chol, rhs[index], upper=False)
+    explained = torch.cat([z.new_zeros(1), torch.cumsum(z.square().sum(1), 0)])
+    return (total - explained).clamp_min(0.0)
+
+
+def vo_rank_residuals(corr: Tensor, w_v: Tensor, w_o: Tensor, eig_floor: float = 1e-8) -> Tensor:
+    """residual[r] (r = 0..d_H): Σ_groups ‖C^{1/2}(W_V W_O,cat − rank-r approximation)‖_F², from the singular
+    values of the whitened product that ``vo_svd`` truncates (Eckart–Young: the tail energy)."""
+    n_kv, _, head_dim = w_v.shape
+    group = w_o.shape[0] // n_kv
+    sqrt_c, _, _ = psd_sqrt_pair(corr, eig_floor)
+    o_cat = as_f64(w_o).reshape(n_kv, group, head_dim, -1).permute(0, 2, 1, 3).reshape(n_kv, head_dim, -1)
+    _, sigma, vh = torch.linalg.svd(sqrt_c @ as_f64(w_v), full_matrices=False)
+    # (U Σ Vᵀ) W_O,cat has the singular values of Σ Vᵀ W_O,cat: a d_H × g·d problem, as in vo_svd.
+    energy = torch.linalg.svdvals((sigma.unsqueeze(-1) * vh) @ o_cat).square().sum(0)  # summed over groups
+    padded = torch.cat([energy, energy.new_zeros(max(0, head_dim - energy.numel()))])[:head_dim]
+    tail = torch.flip(torch.cumsum(torch.flip(padded, [0]), 0), [0])
+    return torch.cat([tail, tail.new_zeros(1)])
+
+
+def head_output_energy(corr: Tensor, w_v: Tensor, w_o: Tensor) -> Tensor:
+    """E‖x W_V,group(h) W_O,h‖² per query head h: [n_h]."""
+    n_kv, _, head_dim = w_v.shape
+    group = w_o.shape[0] // n_kv
+    gram_v = as_f64(w_v).transpose(1, 2) @ symmetric(corr) @ as_f64(w_v)  # [n_kv, d_H, d_H]
+    gram_o = as_f64(w_o) @ as_f64(w_o).transpose(1, 2)  # [n_h, d_H, d_H]
+    return (gram_v.repeat_interleave(group, dim=0) * gram_o).sum((1, 2))
+
+
+def qk_error_curve(q_mean: Tensor, k_mean: Tensor, head_energy: Tensor, rope: bool) -> Tensor:
+    """error[k] (k = 0..d_H; with RoPE only even k are reachable): estimated attention-output error when each
+    KV group keeps its top k CR-score columns.
+
+    Dropping columns S̄ changes head h's logit by δ = Σ_{i∈S̄} q_i k_i / √d_H, of variance about
+    Σ_{S̄} E[q_i²] E[k_i²] / d_H (a rotary pair: half the product of the pair energies, averaged over angles).
+    To first order the softmax turns δ into an output change of at most std(δ) · ‖v W_O‖, so the estimate is
+    Var(δ) × the head's value-output energy: an upper estimate, since attention that is spread over many keys
+    or saturated on one damps a logit change. ``q_mean`` [n_h, d_H] and ``k_mean`` [n_kv, d_H]: mean squares.
+    """
+    n_h, head_dim = q_mean.shape
+    n_kv = k_mean.shape[0]
+    group = n_h // n_kv
+    q = as_f64(q_mean)
+    k = as_f64(k_mean).repeat_interleave(group, dim=0)
+    if rope:
+        half = head_dim // 2
+        contrib = 0.5 * (q[:, :half] + q[:, half:]) * (k[:, :half] + k[:, half:])  # [n_h, half]
+    else:
+        contrib = q * k
+    # The selection ranks by the KV group's summed score, so every head of a group drops the same columns.
+    score = contrib.reshape(n_kv, group, -1).sum(1)
+    order = torch.argsort(score, dim=1, descending=True, stable=True).repeat_interleave(group, dim=0)
+    ranked = contrib.gather(1, order)  # [n_h, units] in keep order
+    kept_sum = torch.cat([ranked.new_zeros(n_h, 1), torch.cumsum(ranked, 1)], dim=1)
+    dropped = (kept_sum[:, -1:] - kept_sum).clamp_min(0.0) / head_dim  # [n_h, units + 1]
+    per_unit = (dropped * as_f64(head_energy)[:, None]).sum(0)
+    if not rope:
+        return per_unit
+    curve = per_unit.new_full((head_dim + 1,), math.inf)  # odd k is unreachable: rotary pairs stay whole
+    curve[0::2] = per_unit
+    return curve
