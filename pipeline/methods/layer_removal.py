@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from pipeline.adapters import LayerAdapter, ModelAdapter, adapter_for
 from pipeline.artifacts import layer_file
+from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
 from pipeline.solver import SolverSettings
 
@@ -40,8 +41,8 @@ class LayerRemoval(Method):
     needs_store = False  # only the Block Influence, which the plan reads
     assemblable = False
 
-    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter
-             ) -> list[LayerPlan]:
+    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter,
+             curves: list[dict[str, ModuleCurve]] | None = None) -> list[LayerPlan]:
         removed = set(blocks_to_remove(block_influence, target_rate))
         shape = adapter.block_shape()
         full = LayerPlan(0.0, shape.intermediate_size, shape.heads.head_dim, shape.heads.head_dim)
