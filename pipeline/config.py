@@ -47,7 +47,7 @@ class CompressionConfig:
     method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
-    allocation: str = "error"  # error (one budget across modules and layers) | bi (Block Influence, the paper) | uniform
+    allocation: str = "error"  # error (one budget across modules and layers) | bi (Block Influence: paper) | uniform
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)

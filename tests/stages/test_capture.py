@@ -51,6 +51,8 @@ def _naive_sums(cfg) -> list[dict[str, torch.Tensor]]:
         def block_io(m, a, o, s=s):
             out = o[0] if isinstance(o, tuple) else o
             s["bi_cos"] = F.cosine_similarity(a[0].double(), out.double(), dim=-1).sum()
+            s["inv_resid_in"] = (1.0 / a[0].double().square().sum(-1)).sum()
+            s["inv_resid_out"] = (1.0 / out.double().square().sum(-1)).sum()
             s["tokens"] = torch.tensor(float(a[0].shape[0] * a[0].shape[1]), dtype=torch.float64)
 
         handles += [

@@ -18,7 +18,8 @@ def test_disk_full_while_solving_keeps_finished_layers_and_resumes(tmp_path: Pat
     calls = []
 
     def save_until_full(tensors, filename, metadata=None):
-        calls.append(filename)
+        if Path(filename).parent.name == "layers":  # a layer's factors (the module curves are saved first)
+            calls.append(filename)
         if len(calls) == 2:
             Path(filename).write_bytes(b"partial")  # the device fills up halfway through the file
             raise OSError(errno.ENOSPC, "No space left on device", filename)
