@@ -100,7 +100,7 @@ def main() -> None:
         curves = best_seconds(lambda v=variant: solver.module_error_curves(stats, dense, shape, v, k.max_sparsity),
                               device, 1)
         print(f"mlp_selection={selection}: solve_modegpt_layer {seconds:.3f} s; module error curves "
-              f"(compression.allocation=error, once per layer and rate) {curves:.3f} s")
+              f"(compression.allocation=error, once per layer and store) {curves:.3f} s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         solve_layer()
