@@ -10,7 +10,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import METRICS, PLAN, ArtifactError, ArtifactPaths, atomic_path, atomic_write_text, read_json
+from pipeline.artifacts import (
+    METRICS,
+    PLAN,
+    ArtifactError,
+    ArtifactPaths,
+    atomic_path,
+    atomic_write_text,
+    read_json,
+    remove_stale_temps,
+)
 from pipeline.config import TEMPERATURE_ALLOCATIONS
 
 log = logging.getLogger(__name__)
@@ -172,6 +181,7 @@ def run(cfg: Any) -> Path:
                             "run `modegpt evaluate` first")
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # a report killed mid-write (benchmarks/soak.py found one) is rewritten whole
 
     def ppl(r: dict[str, Any]) -> float | None:
         return r["wikitext2"]["perplexity"] if "wikitext2" in r else None

@@ -19,6 +19,7 @@ from .atomic import (
     canonical_json,
     file_digest,
     fingerprint,
+    remove_stale_temps,
 )
 from .expected import (
     ASSEMBLE,
@@ -81,6 +82,6 @@ __all__ = [
     "atomic_write_text", "canonical_json", "conversion_manifest", "describe_mismatch", "expected_checkpoint",
     "expected_dense_evaluation", "expected_evaluation", "expected_solve", "expected_store", "expected_tokens",
     "file_digest", "fingerprint", "layer_file", "manifest_path", "model_fingerprint", "overwrites", "prepare_output",
-    "read_json", "read_manifest", "require_complete", "resolve_rate", "source_reference_manifest",
+    "read_json", "read_manifest", "remove_stale_temps", "require_complete", "resolve_rate", "source_reference_manifest",
     "text_fingerprint", "write_manifest",
 ]

@@ -45,6 +45,14 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def remove_stale_temps(directory: Path) -> None:
+    """Delete the temp files ``atomic_path`` leaves when its writer is killed (SIGKILL runs no cleanup). Only for a
+    directory one writer rewrites whole (the report), never where writers run concurrently."""
+    for stale in directory.glob(".*.tmp"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temp path beside ``target``; rename it onto ``target`` only if the block succeeds."""

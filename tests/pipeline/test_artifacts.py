@@ -85,3 +85,14 @@ def test_corrupted_json_is_reported(tmp_path: Path) -> None:
     p.write_text('{"a": ')
     with pytest.raises(ArtifactError, match="corrupted"):
         read_json(p)
+
+
+def test_remove_stale_temps_deletes_only_atomic_path_leftovers(tmp_path) -> None:
+    from pipeline.artifacts import atomic_path, remove_stale_temps
+
+    with atomic_path(tmp_path / "plot.png") as tmp:
+        tmp.write_bytes(b"kept")
+    (tmp_path / ".plot.png.abc123.tmp").write_bytes(b"torn")  # what a SIGKILL mid-write leaves
+    (tmp_path / "notes.tmp").write_bytes(b"not ours")
+    remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp", "plot.png"]
