@@ -244,8 +244,6 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
     is large. Modules the family does not let MoDeGPT cut offer only their full width.
     """
-    if "inv_resid_in" not in stats or "inv_resid_out" not in stats:
-        raise KeyError("inv_resid_in")
     heads = shape.heads
     tokens = float(stats["tokens"])
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
