@@ -61,6 +61,8 @@ METHODS = {  # name -> overrides on top of the run's config
     "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
     "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
                                    "compression.mlp_refit=shrink"],
+    "sequential": ["compression.sequential=true"],  # default + statistics on the compressed layers below
+    "paper+sequential": [*PAPER, "compression.sequential=true"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],

@@ -56,6 +56,9 @@ class CompressionConfig:
     round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
     mlp_selection: str = "leverage"  # Type-I columns: leverage (the paper) | greedy (residual elimination)
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
+    # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
+    # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
+    sequential: bool = False
 
 
 @dataclass
@@ -152,6 +155,9 @@ def validate(cfg: DictConfig | Config) -> None:
 
     _check_choice("compression.mlp_selection", k.mlp_selection, SELECTIONS)
     _check_choice("compression.mlp_refit", k.mlp_refit, REFITS)
+    _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
+           f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
+           "and can write a solved layer into its block)")
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:
         _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")

@@ -35,11 +35,12 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
+from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
-from pipeline.readers import layer_errors, open_store, stored_numel
+from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
 from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,9 @@ CURVES_VERSION = 1  # bump when module_error_curves changes what it computes
 def run(cfg: Any, rate: float | None = None) -> Path:
     paths = ArtifactPaths(cfg)
     store, store_manifest = open_store(cfg)
-    log.info("using correlation store %s (fingerprint %s): no forward pass needed", store.path,
-             store_manifest.fingerprint)
+    log.info("using correlation store %s (fingerprint %s): %s", store.path, store_manifest.fingerprint,
+             "layer statistics recaptured on the compressed layers (compression.sequential)"
+             if cfg.compression.sequential else "no forward pass needed")
     expected = expected_solve(cfg, store_manifest.fingerprint, rate)
     target = paths.solve(rate)
     action = prepare_output(target, expected, cfg.overwrite)
@@ -77,31 +79,64 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         atomic_write_json(target / PLAN, plan_doc)
 
     errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
-    todo = [i for i in range(num_layers) if i not in errors]
-    # The next layer's sums load in the background while this one is solved (weights-only methods need none).
-    layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
-        store.iter_layers(todo, verify=cfg.verify_store) if method.needs_store else ((i, None) for i in todo))
+    dense_total, dense_block = adapter.total_params(), adapter.block_linear_params()  # sequential edits the blocks
     t0 = time.perf_counter()
-    with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
-        for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
-                                initial=len(errors), disable=None):
-            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
+    if k.sequential:
+        _solve_sequential(cfg, method, adapter, plans, settings, device, target, errors)
+    else:
+        _solve_from_store(cfg, store, method, adapter, plans, settings, device, target, errors, target_rate)
 
-    dense_block = adapter.block_linear_params()
     removed = method.removed_params(adapter, plans, [stored_numel(layer_file(target, i)) for i in range(num_layers)])
-    rates = achieved_rates(adapter.total_params(), dense_block, adapter.total_params() - removed)
+    rates = achieved_rates(dense_total, dense_block, dense_total - removed)
     expected.status = COMPLETE
     expected.extra = {
         "target_rate": target_rate,
         **rates,
         "errors": [errors[i] for i in range(num_layers)],
         "seconds": round(time.perf_counter() - t0, 3),
+        "sequential": bool(k.sequential),
         "peak_device_bytes": peak_device_memory(device),
     }
     write_manifest(target, expected)
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
              target_rate, rates["achieved_block_rate"], rates["achieved_model_rate"], target)
     return target
+
+
+def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans: list[LayerPlan],
+                      settings: SolverSettings, device: torch.device, target: Path, errors: dict[int, Any],
+                      target_rate: float) -> None:
+    """Every layer not yet in ``errors`` from the store's sums (the dense model's statistics)."""
+    num_layers = adapter.num_layers
+    todo = [i for i in range(num_layers) if i not in errors]
+    # The next layer's sums load in the background while this one is solved (weights-only methods need none).
+    layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
+        store.iter_layers(todo, verify=cfg.verify_store) if method.needs_store else ((i, None) for i in todo))
+    with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
+        for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
+                                initial=len(errors), disable=None):
+            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
+
+
+def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
+                      device: torch.device, target: Path, errors: dict[int, Any]) -> None:
+    """``compression.sequential``: layer l's sums are taken on the outputs of layers 0..l-1 as compressed (a
+    capture per rate, in memory), solved, and written into block l before layer l + 1 is captured. A resumed
+    solve rebuilds the compressed layers below from their files, so it continues exactly where it stopped."""
+    num_layers = adapter.num_layers
+    start = next((i for i in range(num_layers) if i not in errors), num_layers)
+    if start == num_layers:
+        return
+    input_ids, _ = load_tokens(cfg)
+
+    def solve(index: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
+        log.info("sequential capture of layer %d/%d: %.2f s", index + 1, num_layers, seconds)
+        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
+
+    def compress(index: int) -> None:
+        method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
+
+    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress)
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,

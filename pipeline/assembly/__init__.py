@@ -14,11 +14,13 @@ from .build import (
     expected_parameter_count,
     identity_solutions,
 )
+from .inplace import apply_solution_in_place
 from .io import load_compressed, register_compressed_models, save_compressed
 
 register_compressed_models()
 
 __all__ = [
+    "apply_solution_in_place",
     "COMPRESSED_CLASSES",
     "build_compressed_model",
     "compressed_bias_flags",

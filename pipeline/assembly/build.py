@@ -105,10 +105,10 @@ def _rows(linear: nn.Linear, index: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return linear.weight[index], None if linear.bias is None else linear.bias[index]
 
 
-def _head_rows(qk_index: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+def head_rows(qk_index: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
     """Output rows of a q or k projection kept by qk_index [n_kv, qk_dim]; head h uses group h // g."""
     per_head = qk_index.long().repeat_interleave(n_heads // qk_index.shape[0], dim=0)
-    return (torch.arange(n_heads).unsqueeze(1) * head_dim + per_head).reshape(-1)
+    return (torch.arange(n_heads, device=per_head.device).unsqueeze(1) * head_dim + per_head).reshape(-1)
 
 
 def _fill_layer(dense: LayerAdapter, new: LayerAdapter, sol: LayerSolution, adapter: ModelAdapter) -> None:
@@ -119,8 +119,8 @@ def _fill_layer(dense: LayerAdapter, new: LayerAdapter, sol: LayerSolution, adap
             _set_linear(new_in, *_rows(dense_in, sol.mlp_index), like=dense_in)
     _set_linear(new.down_proj, sol.mlp_down.T, dense.down_proj.bias, like=dense.down_proj)
 
-    _set_linear(new.q_proj, *_rows(dense.q_proj, _head_rows(sol.qk_index, n_h, head_dim)), like=dense.q_proj)
-    _set_linear(new.k_proj, *_rows(dense.k_proj, _head_rows(sol.qk_index, n_kv, head_dim)), like=dense.k_proj)
+    _set_linear(new.q_proj, *_rows(dense.q_proj, head_rows(sol.qk_index, n_h, head_dim)), like=dense.q_proj)
+    _set_linear(new.k_proj, *_rows(dense.k_proj, head_rows(sol.qk_index, n_kv, head_dim)), like=dense.k_proj)
     v_dim = sol.v_weight.shape[2]
     _set_linear(new.v_proj, sol.v_weight.permute(0, 2, 1).reshape(n_kv * v_dim, d), None, like=dense.v_proj)
     if dense.v_proj.bias is not None and sol.o_bias is None:

@@ -17,6 +17,7 @@ from .stats import LayerStats, LayerStatsCollector, stat_shapes
 log = logging.getLogger(__name__)
 
 LayerSink = Callable[[int, dict[str, torch.Tensor], float], None]
+BlockRewrite = Callable[[int], None]
 
 
 def _distributed() -> bool:
@@ -37,11 +38,15 @@ def capture_layers(
     device: torch.device,
     batch_size: int,
     start_layer: int = 0,
+    rewrite: BlockRewrite | None = None,
 ) -> None:
     """Run the dense model block by block over ``input_ids`` and hand each layer's FP64 sums to ``sink``.
 
     Layers before ``start_layer`` (already captured) are only replayed, forward-only, to rebuild the
     hidden states: deterministic kernels make the resumed sums identical to an uninterrupted run.
+    ``rewrite(index)``, when given, changes block ``index`` in place after its sums reached ``sink`` (and before
+    a replay): the next block's inputs are then the rewritten block's outputs, which is sequential calibration
+    (each layer's statistics taken on the outputs of the already-compressed layers below it).
     Under torch.distributed each rank passes its own shard of samples; sums are all-reduced before
     ``sink`` is called (on every rank: the caller decides who writes).
     """
@@ -63,6 +68,8 @@ def capture_layers(
         block.to(device)
         start = time.perf_counter()
         if index < start_layer:
+            if rewrite is not None:
+                rewrite(index)
             for i, h in enumerate(hidden):
                 hidden[i] = adapter.run_block(block, h, block_kwargs[h.shape[0]])
             block.to(home)
@@ -73,13 +80,18 @@ def capture_layers(
             for i, h in enumerate(hidden):
                 out = adapter.run_block(block, h, block_kwargs[h.shape[0]])
                 collector.add_block_influence(h, out)
-                hidden[i] = out
+                if rewrite is None:
+                    hidden[i] = out
             collector.finish()
         _all_reduce(stats)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
         sink(index, stats.as_dict(), seconds)
+        if rewrite is not None:
+            rewrite(index)
+            for i, h in enumerate(hidden):
+                hidden[i] = adapter.run_block(block, h, block_kwargs[h.shape[0]])
         block.to(home)
         rate = tokens_per_layer / max(seconds, 1e-9)
         log.info("capture layer %d/%d: %.2f s, %.0f tokens/s (this rank)", index + 1, len(layers), seconds, rate)

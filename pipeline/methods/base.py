@@ -22,6 +22,8 @@ class Method(ABC):
     needs_store: ClassVar[bool]  # solve reads each layer's correlation sums (else weights only)
     assemblable: ClassVar[bool]  # its factors build a compressed checkpoint that assemble / evaluate take
     error_allocation: ClassVar[bool] = False  # implements module_curves (compression.allocation=error)
+    # reads the store and implements apply_in_place (compression.sequential=true)
+    sequential_calibration: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Method]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -57,6 +59,12 @@ class Method(ABC):
                     plan: LayerPlan, settings: SolverSettings, device: torch.device
                     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         """The tensors stored for one layer (factors on CPU) and its reconstruction errors (may be empty)."""
+
+    def apply_in_place(self, layer: LayerAdapter, adapter: ModelAdapter, tensors: dict[str, Tensor]) -> None:
+        """Write one solved layer (``solve_layer``'s tensors) into its dense block, keeping the dense shapes, so the
+        block computes the compressed layer: ``compression.sequential`` then captures the next layer's statistics
+        on the outputs of the compressed layers below it."""
+        raise NotImplementedError(f"compression.method={self.name} does not support compression.sequential=true")
 
     def in_memory_model(self, dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
         """A copy of ``dense`` with this method's solved factors applied (for methods that do not assemble a

@@ -7,9 +7,9 @@ from torch import Tensor
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.artifacts import ArtifactError
-from pipeline.assembly import expected_parameter_count
+from pipeline.assembly import apply_solution_in_place, expected_parameter_count
 from pipeline.modegpt import ModuleCurve
-from pipeline.plan import LayerPlan
+from pipeline.plan import LayerPlan, LayerSolution
 from pipeline.solver import DenseLayer, SolverSettings, module_error_curves, solve_modegpt_layer
 
 from .base import Method
@@ -20,6 +20,7 @@ class ModeGPT(Method):
     needs_store = True
     assemblable = True
     error_allocation = True
+    sequential_calibration = True
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
                     plan: LayerPlan, settings: SolverSettings, device: torch.device
@@ -42,6 +43,9 @@ class ModeGPT(Method):
         stats = {n: t.to(device) for n, t in sums.items()}
         dense = DenseLayer.from_layer(layer, adapter.head_layout(), device)
         return module_error_curves(stats, dense, adapter.block_shape(), settings, max_sparsity)
+
+    def apply_in_place(self, layer: LayerAdapter, adapter: ModelAdapter, tensors: dict[str, Tensor]) -> None:
+        apply_solution_in_place(layer, LayerSolution.from_tensors(tensors), adapter.head_layout())
 
     def removed_params(self, adapter: ModelAdapter, plans: list[LayerPlan], stored_numel: list[int]) -> int:
         return adapter.total_params() - expected_parameter_count(adapter, plans)

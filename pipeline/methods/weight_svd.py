@@ -39,6 +39,9 @@ class WeightSVD(Method):
             factors[f"{name}.a"], factors[f"{name}.b"] = a.cpu().contiguous(), b.cpu().contiguous()
         return factors, {}
 
+    def apply_in_place(self, layer: LayerAdapter, adapter: ModelAdapter, tensors: dict[str, Tensor]) -> None:
+        apply_low_rank(layer, tensors)
+
     def in_memory_model(self, dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
         return low_rank_model(dense, family, solve_dir)
 
@@ -51,9 +54,15 @@ def low_rank_model(dense: nn.Module, family: str, solve_dir: Path) -> nn.Module:
     as the factored layer; the weights stay dense-shaped, so count parameters from the solve's manifest)."""
     model = copy.deepcopy(dense)
     for i, layer in enumerate(adapter_for(model, family).layers()):
-        factors = load_file(str(layer_file(solve_dir, i)))
-        for name in LINEARS:
-            module = getattr(layer, name)
-            if module is not None:
-                module.weight.data.copy_((factors[f"{name}.a"] @ factors[f"{name}.b"]).T.to(module.weight.dtype))
+        apply_low_rank(layer, load_file(str(layer_file(solve_dir, i))))
     return model
+
+
+@torch.no_grad()
+def apply_low_rank(layer: LayerAdapter, factors: dict[str, Tensor]) -> None:
+    """Every linear of ``layer`` replaced, in place and at its dense shape, by its solved product A·B."""
+    for name in LINEARS:
+        module = getattr(layer, name)
+        if module is not None:
+            w = (factors[f"{name}.a"] @ factors[f"{name}.b"]).T
+            module.weight.copy_(w.to(module.weight.device, module.weight.dtype))

@@ -30,6 +30,7 @@ INPUT_GRAM = {
 class WhitenedSVD(WeightSVD):
     name = "whitened_svd"
     needs_store = True
+    sequential_calibration = True  # weight_svd's apply_in_place
     assemblable = False  # weight_svd's factor format: benchmarks/quality.py evaluates it in memory
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
