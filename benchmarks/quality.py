@@ -63,6 +63,10 @@ METHODS = {  # name -> overrides on top of the run's config
                                    "compression.mlp_refit=shrink"],
     "sequential": ["compression.sequential=true"],  # default + statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
+    # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
+    "fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0"],
+    "fisher0.5": ["calibration.fisher=true", "compression.fisher_mix=0.5"],
+    "sequential+fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0", "compression.sequential=true"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
@@ -191,6 +195,7 @@ def main() -> None:
         if eps is not None:
             over.append(f"compression.temperature={eps}")
         job_cfg = compose_cfg(over)
+        capture.run(job_cfg)  # the run's store, or (calibration.fisher) its Fisher-weighted sibling
         solve_dir = solve.run(job_cfg)
         model, params = compressed_model(dense, adapter, job_cfg, solve_dir)
         rates = achieved_rates(dense_params, dense_block, params)

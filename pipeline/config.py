@@ -40,6 +40,9 @@ class CalibrationConfig:
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 4  # sequences per forward pass during capture
+    # Also store loss-aware (empirical Fisher) copies of the solver's sums: one backward pass per calibration batch
+    # with the whole model on the device; compression.fisher_mix chooses how much of them a solve uses.
+    fisher: bool = False
 
 
 @dataclass
@@ -59,6 +62,8 @@ class CompressionConfig:
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
     sequential: bool = False
+    # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
+    fisher_mix: float = 0.0
 
 
 @dataclass
@@ -158,6 +163,11 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
            "and can write a solved layer into its block)")
+    _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
+    _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
+           "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")
+    _check(not k.fisher_mix or k.method == "modegpt", "compression.fisher_mix", k.fisher_mix,
+           f"0 with compression.method={k.method} (only modegpt reads the Fisher-weighted sums)")
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:
         _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")

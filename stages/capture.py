@@ -29,6 +29,7 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
+from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.inputs import check_model_source
@@ -119,7 +120,8 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
     if rank == 0:
         paths.store.mkdir(parents=True, exist_ok=True)
         write_manifest(paths.store, expected)  # status partial until every layer is recorded
-        store.create_arrays(num_layers, stat_shapes(shape.hidden_size, shape.intermediate_size, adapter.head_layout()))
+        store.create_arrays(num_layers, stat_shapes(shape.hidden_size, shape.intermediate_size, adapter.head_layout(),
+                                                    fisher=cfg.calibration.fisher))
     _barrier(world)
     done = set(store.completed_layers(fp))
     start = next((i for i in range(num_layers) if i not in done), num_layers)
@@ -127,6 +129,9 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
         log.info("resuming capture at layer %d/%d (%d layers already in %s)", start, num_layers, len(done), paths.store)
     t0 = time.perf_counter()
     if start < num_layers:
+        shard = input_ids[rank::world]
+        weights = (token_gradient_weights(adapter, shard, cfg.calibration.batch_size, _device(cfg, world))
+                   if cfg.calibration.fisher else None)
         # Layer i is written in the background while layer i + 1 is captured (rank 0 writes).
         with LayerWriter(store, fp) as writer:
 
@@ -135,9 +140,8 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
                     writer.submit(layer, stats, seconds)
                 _barrier(world)
 
-            capture_layers(
-                adapter, input_ids[rank::world], sink, _device(cfg, world), cfg.calibration.batch_size, start
-            )
+            capture_layers(adapter, shard, sink, _device(cfg, world), cfg.calibration.batch_size, start,
+                           token_weights=weights)
     if rank == 0:
         expected.status = COMPLETE
         expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,

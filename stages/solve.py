@@ -35,6 +35,8 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
+from pipeline.capture import fisher_mixed
+from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
@@ -115,7 +117,8 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
         for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
                                 initial=len(errors), disable=None):
-            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
+            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target,
+                                         cfg.compression.fisher_mix)
 
 
 def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
@@ -128,21 +131,27 @@ def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerP
     if start == num_layers:
         return
     input_ids, _ = load_tokens(cfg)
+    mix = cfg.compression.fisher_mix
+    # The loss gradients of the dense model weight every layer's sums (taken before any block is rewritten).
+    weights = token_gradient_weights(adapter, input_ids, cfg.calibration.batch_size, device) if mix else None
 
     def solve(index: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
         log.info("sequential capture of layer %d/%d: %.2f s", index + 1, num_layers, seconds)
-        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
+        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target, mix)
 
     def compress(index: int) -> None:
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
-    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress)
+    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
+                   token_weights=weights)
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
-                 settings: SolverSettings, device: torch.device, target: Path) -> dict[str, float]:
+                 settings: SolverSettings, device: torch.device, target: Path, fisher_mix: float = 0.0
+                 ) -> dict[str, float]:
     """Solve one layer and write its factors atomically; returns its reconstruction errors."""
     start = time.perf_counter()
+    sums = None if sums is None else fisher_mixed(sums, fisher_mix)
     tensors, err = method.solve_layer(adapter.layer(index), adapter, sums, plan, settings, device)
     with atomic_path(layer_file(target, index)) as tmp:
         save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
@@ -158,6 +167,7 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     file named by what produced it (they do not depend on the rate, so every rate of a sweep reuses them)."""
     k = cfg.compression
     key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
+           **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
@@ -169,7 +179,8 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     with contextlib.closing(layers):
         for index, sums in tqdm(layers, desc="error curves", unit="layer", total=adapter.num_layers, disable=None):
             start = time.perf_counter()
-            curves.append(method.module_curves(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device))
+            curves.append(method.module_curves(adapter.layer(index), adapter, fisher_mixed(sums, k.fisher_mix),
+                                               settings, k.max_sparsity, device))
             log.info("error curves layer %d/%d (%.2f s)", index + 1, adapter.num_layers, time.perf_counter() - start)
     with atomic_path(path) as tmp:
         save_file(curves_to_tensors(curves), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})

@@ -80,7 +80,8 @@ def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
     return Manifest(
         stage=CAPTURE,
         code_version=CAPTURE_VERSION,
-        config={"dtype": cfg.model.dtype},
+        # "fisher" only when on: stores captured before the option existed keep their fingerprint.
+        config={"dtype": cfg.model.dtype} | ({"fisher": True} if cfg.calibration.fisher else {}),
         inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg)},
     )
 

@@ -57,7 +57,7 @@ EVAL_KEYS = (
 # Compression keys that change the solver's output (everything but the rate list used for sweeps).
 SOLVER_KEYS = (
     "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
-    "mlp_selection", "mlp_refit", "sequential",
+    "mlp_selection", "mlp_refit", "sequential", "fisher_mix",
 )
 
 
@@ -117,7 +117,8 @@ class ArtifactPaths:
     @property
     def run_key(self) -> str:
         """The store's key (tokens + forward dtype, capture's config), which everything solved from it shares."""
-        return f"{self.calibration_key}-{self.cfg.model.dtype}"
+        fisher = "-fisher" if self.cfg.calibration.fisher else ""  # a store with the fisher_* sums as well
+        return f"{self.calibration_key}-{self.cfg.model.dtype}{fisher}"
 
     @property
     def run_root(self) -> Path:
