@@ -148,14 +148,6 @@ def _qk_score_dropped(q_energy: Tensor, k_energy: Tensor, qk_index: Tensor, head
     return 1.0 - score.gather(1, index).sum() / score.sum()
 
 
-def _vo_energy(corr: Tensor, dense: DenseLayer, group: int) -> Tensor:
-    """Σ_h ‖C^{1/2} W_V,group(h) W_O,h‖²: the value-output module's output energy."""
-    gram_v = dense.v.transpose(1, 2) @ corr @ dense.v  # [n_kv, d_H, d_H]
-    n_kv, head_dim = gram_v.shape[0], gram_v.shape[1]
-    gram_o = (dense.o @ dense.o.transpose(1, 2)).reshape(n_kv, group, head_dim, head_dim).sum(1)
-    return (gram_v * gram_o).sum()
-
-
 def _channel_notes(name: str, corr: Tensor, units: str) -> list[str]:
     """Dead channels (zero correlation diagonal) and massive ones (mean square far above the median)."""
     diag = torch.diagonal(corr)
@@ -219,7 +211,8 @@ def solve_modegpt_layer(
     qk_dropped = _qk_score_dropped(stats["q_energy"], stats["k_energy"], qk_index, heads)
 
     vo = vo_svd(attn_corr, dense.v, dense.o, plan.v_dim, settings.eig_floor)
-    vo_error = vo_residual(attn_corr, dense.v, dense.o, vo) / max(float(_vo_energy(attn_corr, dense, group)), 1e-300)
+    vo_energy = head_output_energy(attn_corr, dense.v, dense.o).sum()  # Σ_h ‖C^{1/2} W_V,group(h) W_O,h‖²
+    vo_error = vo_residual(attn_corr, dense.v, dense.o, vo) / max(float(vo_energy), 1e-300)
 
     o_bias = None
     if dense.v_bias is not None:

@@ -10,6 +10,7 @@ directory it removes, and drops the latest-view files (:mod:`.aliases`) that nam
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -32,6 +33,7 @@ SHOWN = {"prepare": ("source", "gguf_file"), "tokenize": ("source", "path", "num
 FIXED = {"cache/eval-requests": ("cache", "lm-eval request answers"), "logs": ("logs", "Hydra job logs")}
 TEMP = re.compile(r"\..+\.(tmp|old-\d+)")  # atomic_dir's and atomic_path's temp names
 VALUE_WIDTH = 40
+CURVES = re.compile(r"curves-[0-9a-f]+\.safetensors")  # ArtifactPaths.module_curves: a file beside the solves
 
 
 @dataclass
@@ -101,6 +103,18 @@ def _entry(d: Path, rel: str, key: str, files: list[str], is_store: bool) -> Ent
     return None
 
 
+def _curves_entry(f: Path, key: str) -> Entry:
+    """A module-error-curves file (allocation=error), labelled with the store and solver setting it was made for."""
+    from safetensors import safe_open
+
+    produced = ""
+    with contextlib.suppress(Exception):
+        with safe_open(str(f), "pt") as handle:
+            made_for = json.loads((handle.metadata() or {}).get("key", "{}"))
+        produced = " ".join(f"{k}={_value(made_for[k])}" for k in ("store", "method", "mlp_selection") if k in made_for)
+    return Entry(f, key, "curves", "complete", f.stat().st_size, produced)
+
+
 def scan(cfg: Any) -> list[Entry]:
     """Every artifact under paths.root and paths.store_root, in path order."""
     paths = ArtifactPaths(cfg)
@@ -129,6 +143,8 @@ def scan(cfg: Any) -> list[Entry]:
             if entry is not None:
                 entries.append(entry)
                 dirnames.clear()
+            elif not is_store:
+                entries += [_curves_entry(d / f, f"{key}/{f}") for f in sorted(files) if CURVES.fullmatch(f)]
     return sorted(entries, key=lambda e: e.key)
 
 
@@ -251,7 +267,10 @@ def collect_garbage(cfg: Any, names: list[str], dry_run: bool = False) -> list[s
         if all(_abs(e.path) != path for e in inside):
             lines.append(f"{verb} the directory {path} that holds them")
         if not dry_run:
-            shutil.rmtree(path)
+            if path.is_file():  # a curves file
+                path.unlink()
+            else:
+                shutil.rmtree(path)
             for e in inside:
                 if e.kind == "store":
                     _store_lock(_abs(e.path)).unlink(missing_ok=True)

@@ -96,3 +96,19 @@ def test_gc_removes_only_what_is_named(two_calibrations, monkeypatch, capsys) ->
     assert "correlation store not found" in modegpt_error(["solve", *b, "compression.rate=0.3"], monkeypatch)
     modegpt(["gc", root, pb.run_root.relative_to(pb.root).as_posix()], monkeypatch)  # a whole run, by its key
     assert not pb.run_root.exists() and pa.run_root.is_dir()
+
+
+def test_ls_lists_module_curves_and_gc_removes_one(two_calibrations, monkeypatch, capsys) -> None:
+    a, _ = two_calibrations
+    pa = ArtifactPaths(compose_config(a))
+    curves = sorted(pa.solves.glob("curves-*.safetensors"))
+    assert len(curves) == 1  # the default allocation=error made them beside the solves
+    root = f"paths.root={pa.root}"
+    capsys.readouterr()
+    modegpt(["ls", root], monkeypatch)
+    key = curves[0].relative_to(pa.root).as_posix()
+    line = next(line for line in capsys.readouterr().out.splitlines() if key in line)
+    assert line.split()[:2] == ["curves", "complete"] and "method=modegpt" in line
+    modegpt(["gc", root, key], monkeypatch)
+    assert f"removed curves {key}" in capsys.readouterr().out
+    assert not curves[0].exists() and pa.solve().is_dir()
