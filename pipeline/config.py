@@ -62,6 +62,9 @@ class CompressionConfig:
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
     sequential: bool = False
+    # With sequential: what the Type-I refit reconstructs: layer (this layer's own dense output on its compressed
+    # inputs) | dense (the dense model's output at this layer, from the cross-correlation with the dense stream).
+    sequential_target: str = "layer"
     # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
     fisher_mix: float = 0.0
 
@@ -105,6 +108,7 @@ class Config:
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error")
+SEQUENTIAL_TARGETS = ("layer", "dense")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 
@@ -163,6 +167,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
            "and can write a solved layer into its block)")
+    _check_choice("compression.sequential_target", k.sequential_target, SEQUENTIAL_TARGETS)
+    _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
+           k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
     _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
            "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")

@@ -143,7 +143,7 @@ def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerP
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
     capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
-                   token_weights=weights)
+                   token_weights=weights, dense_reference=cfg.compression.sequential_target == "dense")
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,

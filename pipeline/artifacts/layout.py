@@ -57,7 +57,7 @@ EVAL_KEYS = (
 # Compression keys that change the solver's output (everything but the rate list used for sweeps).
 SOLVER_KEYS = (
     "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
-    "mlp_selection", "mlp_refit", "sequential", "fisher_mix",
+    "mlp_selection", "mlp_refit", "sequential", "sequential_target", "fisher_mix",
 )
 
 

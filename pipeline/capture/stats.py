@@ -28,10 +28,10 @@ FISHER_STATS = ("attn_gram", "mlp_gram", "q_energy", "k_energy")
 FISHER_SITE = {"attn_gram": 0, "q_energy": 0, "k_energy": 0, "mlp_gram": 1}
 
 
-def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool = False
+def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool = False, cross: bool = False
                 ) -> dict[str, tuple[int, ...]]:
     """Per-layer shape of every statistic (the store adds a leading layer axis); ``fisher`` adds the
-    ``fisher_*`` copies."""
+    ``fisher_*`` copies, ``cross`` the MLP cross-correlation with a reference stream (sequential solves only)."""
     shapes = {
         "attn_gram": (hidden, hidden),  # sum of x x^T over tokens, x = attention input (Type-III)
         "mlp_gram": (intermediate, intermediate),  # sum of h h^T, h = input of the down projection (Type-I)
@@ -48,6 +48,9 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool 
     }
     if fisher:
         shapes |= {f"fisher_{name}": shapes[name] for name in FISHER_STATS}
+    if cross:
+        # sum of h h_refᵀ: this model's MLP activation against a reference model's on the same token
+        shapes["mlp_cross"] = (intermediate, intermediate)
     return shapes
 
 
@@ -64,6 +67,7 @@ class LayerStats:
     inv_resid_in: torch.Tensor
     inv_resid_out: torch.Tensor
     fisher: dict[str, torch.Tensor] = field(default_factory=dict)  # FISHER_STATS name -> its weighted sum
+    mlp_cross: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
@@ -72,7 +76,8 @@ class LayerStats:
         return cls(**zeros, fisher=fisher)
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k) for k in STAT_NAMES} | {f"fisher_{k}": t for k, t in self.fisher.items()}
+        cross = {} if self.mlp_cross is None else {"mlp_cross": self.mlp_cross}
+        return {k: getattr(self, k) for k in STAT_NAMES} | {f"fisher_{k}": t for k, t in self.fisher.items()} | cross
 
 
 def fisher_mixed(sums: dict[str, torch.Tensor], mix: float) -> dict[str, torch.Tensor]:
@@ -133,26 +138,42 @@ class LayerStatsCollector:
         self.stats = stats
         # Per-token weights [2, tokens] of the current batch (see set_token_weights); None: plain sums only.
         self._weights: torch.Tensor | None = None
+        # The reference stream's MLP activations of the current batch (see set_reference): mlp_cross.
+        self._reference: torch.Tensor | None = None
         self._attn_blocks = gram_blocks(stats.attn_gram.shape[0])
         self._mlp_blocks = gram_blocks(stats.mlp_gram.shape[0])
         self._mlp_in_blocks = gram_blocks(stats.mlp_in_gram.shape[0])
         self._o_in_blocks = gram_blocks(stats.o_in_gram.shape[0])
         # q and k may be slices of one fused projection's output (Phi-3's qkv_proj).
         (q_module, self._q_cols), (k_module, self._k_cols) = output_source(layer.q_proj), output_source(layer.k_proj)
+        self.paused = False  # True: forward passes through the block add nothing (a reference stream's, say)
+        guard = self._unless_paused
         self._handles = [
-            layer.attention_input.register_forward_pre_hook(self._attn_input),
-            q_module.register_forward_hook(self._query),
-            k_module.register_forward_hook(self._key),
-            layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
-            output_source(layer.up_proj)[0].register_forward_pre_hook(self._mlp_input),
-            output_source(layer.o_proj)[0].register_forward_pre_hook(self._o_input),
+            layer.attention_input.register_forward_pre_hook(guard(self._attn_input)),
+            q_module.register_forward_hook(guard(self._query)),
+            k_module.register_forward_hook(guard(self._key)),
+            layer.mlp_hidden.register_forward_pre_hook(guard(self._mlp_hidden)),
+            output_source(layer.up_proj)[0].register_forward_pre_hook(guard(self._mlp_input)),
+            output_source(layer.o_proj)[0].register_forward_pre_hook(guard(self._o_input)),
         ]
+
+    def _unless_paused(self, hook: Any) -> Any:
+        def guarded(*args: Any) -> None:
+            if not self.paused:
+                hook(*args)
+        return guarded
 
     def set_token_weights(self, weights: torch.Tensor | None) -> None:
         """Fisher weights [2, batch, seq] (attention site, MLP site) of the batch the next forward pass runs."""
         if weights is not None and not self.stats.fisher:
             raise ValueError("token weights given but the stats have no fisher_* sums (stat_shapes(fisher=True))")
         self._weights = None if weights is None else weights.reshape(2, -1).to(torch.float64)
+
+    def set_reference(self, mlp_hidden: torch.Tensor | None) -> None:
+        """A reference model's MLP activations (down_proj input) for the tokens the next forward pass runs."""
+        if mlp_hidden is not None and self.stats.mlp_cross is None:
+            raise ValueError("a reference given but the stats have no mlp_cross sum (stat_shapes(cross=True))")
+        self._reference = None if mlp_hidden is None else _flat64(mlp_hidden)
 
     def _weighted_gram(self, name: str, x: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
         if self._weights is not None:
@@ -174,6 +195,9 @@ class LayerStatsCollector:
         h = _flat(args[0])
         add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks)
         self._weighted_gram("mlp_gram", h, self._mlp_blocks)
+        if self._reference is not None:
+            assert self.stats.mlp_cross is not None
+            self.stats.mlp_cross.addmm_(h.to(torch.float64).T, self._reference.to(h.device))
 
     def _mlp_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks)

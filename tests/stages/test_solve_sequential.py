@@ -30,16 +30,21 @@ def _sequential_cfg(tmp_path, tiny_model_dirs, family: str, **extra):
     return cfg, overrides
 
 
-def _naive_sums(cfg, family: str, solutions: list[LayerSolution], layer: int) -> dict[str, torch.Tensor]:
-    """Layer ``layer``'s sums from one plain forward of the assembled model whose layers below ``layer`` are the
-    solve's and the rest dense (identity solutions)."""
+def _compressed_below(cfg, family: str, solutions: list[LayerSolution], layer: int):
+    """The assembled model whose layers below ``layer`` are the solve's and the rest dense (identity solutions),
+    with its adapter, and the dense model's."""
     dense = load_model(cfg, ArtifactPaths(cfg).dense_model)
     adapter = adapter_for(dense, family)
     plans, mixed = identity_solutions(adapter)
     mixed[:layer] = solutions[:layer]
     plans[:layer] = [s.plan(0.0) for s in solutions[:layer]]
     model = build_compressed_model(dense, adapter, plans, mixed)
-    compressed = type(adapter)(model)
+    return model, type(adapter)(model), adapter
+
+
+def _naive_sums(cfg, family: str, solutions: list[LayerSolution], layer: int) -> dict[str, torch.Tensor]:
+    """Layer ``layer``'s sums from one plain forward of the model compressed below ``layer``."""
+    model, compressed, adapter = _compressed_below(cfg, family, solutions, layer)
     heads, shape = adapter.head_layout(), adapter.block_shape()
     stats = LayerStats.zeros(stat_shapes(shape.hidden_size, shape.intermediate_size, heads), "cpu")
     input_ids, _ = load_tokens(cfg)
@@ -118,3 +123,52 @@ def test_sequential_whitened_svd_solves(tmp_path, tiny_model_dirs) -> None:
         "compression.method": "whitened_svd", "compression.allocation": "uniform"})
     target = solve.run(cfg)
     assert read_manifest(target).extra["sequential"] is True
+
+
+
+def _mlp_activations(model: torch.nn.Module, module: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    caught = []
+    handle = module.register_forward_pre_hook(lambda m, args: caught.append(args[0].reshape(-1, args[0].shape[-1])))
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids, use_cache=False)
+    finally:
+        handle.remove()
+    return torch.cat(caught).double()
+
+
+def test_dense_target_adds_the_cross_correlation_with_the_dense_stream(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+    cfg, overrides = _sequential_cfg(tmp_path, tiny_model_dirs, "llama", **{"compression.sequential_target": "dense"})
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    original = solve._solve_layer
+
+    def record(method, adapter, index, sums, *args):
+        seen[index] = {n: t.clone() for n, t in sums.items()}
+        return original(method, adapter, index, sums, *args)
+
+    monkeypatch.setattr(solve, "_solve_layer", record)
+    target = solve.run(cfg)
+    _, solutions, _ = load_solution(cfg)
+    input_ids, _ = load_tokens(cfg)
+    for layer in range(len(solutions)):
+        model, compressed, dense_adapter = _compressed_below(cfg, "llama", solutions, layer)
+        h = _mlp_activations(model, compressed.layer(layer).mlp_hidden, input_ids)
+        h_dense = _mlp_activations(dense_adapter.model, dense_adapter.layer(layer).mlp_hidden, input_ids)
+        want = h.T @ h_dense
+        torch.testing.assert_close(seen[layer]["mlp_cross"], want, rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+        if layer == 0:  # nothing below is compressed: the cross-correlation is the plain one
+            torch.testing.assert_close(seen[0]["mlp_cross"], seen[0]["mlp_gram"])
+    # The refit differs from the layer-target one where the inputs differ (layer 1), not at layer 0.
+    layer_target = solve.run(compose_config([*overrides, "compression.sequential_target=layer"]))
+    a, b = (load_file(str(layer_file(d, 1)))["mlp_down"] for d in (target, layer_target))
+    assert not torch.allclose(a, b)
+    a0, b0 = (load_file(str(layer_file(d, 0)))["mlp_down"] for d in (target, layer_target))
+    torch.testing.assert_close(a0, b0)
+
+
+def test_dense_target_needs_sequential(tmp_path, tiny_model_dirs) -> None:
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+        "compression.sequential_target": "dense"}))
+    with pytest.raises(ConfigError, match=r"compression.sequential_target='dense' is invalid: expected layer unless "
+                                          r"compression.sequential=true"):
+        validate(cfg)
