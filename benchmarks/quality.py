@@ -63,6 +63,7 @@ METHODS = {  # name -> overrides on top of the run's config
                                    "compression.mlp_refit=shrink"],
     "sequential": ["compression.sequential=true"],  # default + statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
+    "sequential-dense": ["compression.sequential=true", "compression.sequential_target=dense"],
     # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
     "fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0"],
     "fisher0.5": ["calibration.fisher=true", "compression.fisher_mix=0.5"],
