@@ -67,6 +67,8 @@ METHODS = {  # name -> overrides on top of the run's config
     # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
     "fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0"],
     "fisher0.5": ["calibration.fisher=true", "compression.fisher_mix=0.5"],
+    "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
+    "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
     "sequential+fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0", "compression.sequential=true"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],

@@ -67,6 +67,9 @@ class CompressionConfig:
     sequential_target: str = "layer"
     # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
     fisher_mix: float = 0.0
+    # allocation=error: each module's error in units of residual (E 1/‖h‖², the next norm's view) or fisher
+    # (E ‖∂L/∂y‖², the loss's sensitivity to the module's output; needs calibration.fisher)
+    curve_scale: str = "residual"
 
 
 @dataclass
@@ -109,6 +112,7 @@ SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error")
 SEQUENTIAL_TARGETS = ("layer", "dense")
+CURVE_SCALES = ("residual", "fisher")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 
@@ -170,6 +174,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.sequential_target", k.sequential_target, SEQUENTIAL_TARGETS)
     _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
            k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
+    _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
+    _check(k.curve_scale == "residual" or (c.fisher and k.allocation == "error"), "compression.curve_scale",
+           k.curve_scale, "residual unless calibration.fisher=true and compression.allocation=error")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
     _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
            "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")

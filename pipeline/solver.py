@@ -54,6 +54,7 @@ class SolverSettings:
     round_to: int = 1
     mlp_selection: str = "leverage"  # leverage (the paper) | greedy (backward elimination on the residual)
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
+    curve_scale: str = "residual"  # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²)
 
 
 @dataclass
@@ -238,12 +239,17 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
 
     A module's error E‖e‖² (per token, the solver's own objective) is scaled by E[1/‖h‖²] of the residual stream
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
-    is large. Modules the family does not let MoDeGPT cut offer only their full width.
+    is large. ``settings.curve_scale="fisher"`` scales by E‖∂L/∂y‖² at the module's output instead (the loss's own
+    sensitivity, isotropic part: ΔL ≈ ½ E[(gᵀe)²] ≈ ½ E‖g‖² E‖e‖² / d), which also sees how errors propagate through
+    the layers above. Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads
     tokens = float(stats["tokens"])
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
-    attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
+    if settings.curve_scale == "fisher":
+        attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
+    else:
+        attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
 
     def floor(full: int) -> int:
         return max(1, math.ceil((1.0 - max_sparsity) * full))

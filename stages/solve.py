@@ -69,7 +69,8 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     adapter = adapter_for(model, cfg.model.family)
     num_layers = adapter.num_layers
     method = method_named(k.method)
-    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection, k.mlp_refit)
+    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection, k.mlp_refit,
+                              k.curve_scale)
     plans, plan_doc = _plan(cfg, store, store_manifest.fingerprint, adapter, method, target_rate, settings, device)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
@@ -168,6 +169,7 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     k = cfg.compression
     key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
            **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
+           **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))

@@ -21,6 +21,7 @@ from .manifest import COMPLETE, Manifest
 PREPARE, CONVERT_VERSION = "prepare", "convert-1"
 TOKENIZE, TOKENIZE_VERSION = "tokenize", "tokenize-1"
 CAPTURE, CAPTURE_VERSION = "capture", "capture-1"
+FISHER_VERSION = 2  # the calibration.fisher sums (a store config key only when on)
 SOLVE, SOLVE_VERSION = "solve", "solve-2"
 ASSEMBLE, ASSEMBLE_VERSION = "assemble", "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24)
 EVALUATE, EVALUATE_VERSION = "evaluate", "evaluate-1"
@@ -80,8 +81,9 @@ def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
     return Manifest(
         stage=CAPTURE,
         code_version=CAPTURE_VERSION,
-        # "fisher" only when on: stores captured before the option existed keep their fingerprint.
-        config={"dtype": cfg.model.dtype} | ({"fisher": True} if cfg.calibration.fisher else {}),
+        # "fisher" only when on: stores captured before the option existed keep their fingerprint. Its value is
+        # the Fisher sums' own version (2: raw gradient weights and their sums), bumped when they change.
+        config={"dtype": cfg.model.dtype} | ({"fisher": FISHER_VERSION} if cfg.calibration.fisher else {}),
         inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg)},
     )
 

@@ -24,8 +24,9 @@ SITES = ("attention", "mlp")  # index 0: the attention's output (o_proj), 1: the
 def token_gradient_weights(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int,
                            device: torch.device) -> torch.Tensor:
     """[layers, 2, N, L] float32: ‖∂L/∂y_t‖² per token at every layer's attention and MLP outputs, L the summed
-    next-token loss, each (layer, site) scaled to mean 1 over the calibration tokens (so a weighted sum divided by
-    the token count is a weighted mean). The model's parameters get no gradients and end where they were."""
+    next-token loss. Their scale is kept: the per-layer mean is how much the loss cares about that module's
+    output at all (``compression.curve_scale=fisher``); the solver's weighted means divide it out. The model's
+    parameters get no gradients and end where they were."""
     model = adapter.model
     layers = adapter.layers()
     n, length = input_ids.shape
@@ -71,6 +72,6 @@ def token_gradient_weights(adapter: ModelAdapter, input_ids: torch.Tensor, batch
         model.to(home)
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
-    mean = weights.mean(dim=(2, 3), keepdim=True)
-    log.info("Fisher token weights: %d tokens, largest weight %.1fx the mean", n * length, float(weights.max()))
-    return weights / mean.clamp_min(torch.finfo(torch.float32).tiny)
+    peak = float((weights / weights.mean(dim=(2, 3), keepdim=True).clamp_min(1e-30)).max())
+    log.info("Fisher token weights: %d tokens, the largest %.1fx its layer's mean", n * length, peak)
+    return weights

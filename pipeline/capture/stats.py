@@ -26,6 +26,9 @@ OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram", "inv_resid_in", "inv_resid_out")
 FISHER_STATS = ("attn_gram", "mlp_gram", "q_energy", "k_energy")
 # Which gradient weights each: 0 = the attention's output (o_proj), 1 = the MLP's output (down_proj).
 FISHER_SITE = {"attn_gram": 0, "q_energy": 0, "k_energy": 0, "mlp_gram": 1}
+# The weights' own sums per site (fisher_attn_weight, fisher_mlp_weight): weighted means divide by them, and
+# their mean per token is the loss's sensitivity to the module's output (compression.curve_scale=fisher).
+FISHER_WEIGHTS = ("attn_weight", "mlp_weight")
 
 
 def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool = False, cross: bool = False
@@ -48,6 +51,7 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool 
     }
     if fisher:
         shapes |= {f"fisher_{name}": shapes[name] for name in FISHER_STATS}
+        shapes |= {f"fisher_{name}": () for name in FISHER_WEIGHTS}
     if cross:
         # sum of h h_refᵀ: this model's MLP activation against a reference model's on the same token
         shapes["mlp_cross"] = (intermediate, intermediate)
@@ -81,13 +85,17 @@ class LayerStats:
 
 
 def fisher_mixed(sums: dict[str, torch.Tensor], mix: float) -> dict[str, torch.Tensor]:
-    """The sums a solver reads: the plain ones, or (1 − mix) · plain + mix · Fisher-weighted for FISHER_STATS."""
+    """The sums a solver reads: the plain ones, or (1 − mix) · plain + mix · Fisher-weighted for FISHER_STATS, the
+    weighted sums rescaled so their weights average 1 per token (a weighted mean then divides by the token count)."""
     if not mix:
         return sums
-    missing = [f"fisher_{n}" for n in FISHER_STATS if f"fisher_{n}" not in sums]
+    missing = [f"fisher_{n}" for n in (*FISHER_STATS, *FISHER_WEIGHTS) if f"fisher_{n}" not in sums]
     if missing:
         raise ValueError(f"no Fisher-weighted sums ({', '.join(missing)}) to mix: capture with calibration.fisher=true")
-    return sums | {n: (1.0 - mix) * sums[n] + mix * sums[f"fisher_{n}"] for n in FISHER_STATS}
+    tiny = torch.finfo(torch.float64).tiny
+    mean_weight = [sums[f"fisher_{w}"].clamp_min(tiny) / sums["tokens"] for w in FISHER_WEIGHTS]
+    return sums | {n: (1.0 - mix) * sums[n] + mix * sums[f"fisher_{n}"] / mean_weight[FISHER_SITE[n]]
+                   for n in FISHER_STATS}
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -168,6 +176,9 @@ class LayerStatsCollector:
         if weights is not None and not self.stats.fisher:
             raise ValueError("token weights given but the stats have no fisher_* sums (stat_shapes(fisher=True))")
         self._weights = None if weights is None else weights.reshape(2, -1).to(torch.float64)
+        if self._weights is not None:
+            for site, name in enumerate(FISHER_WEIGHTS):
+                self.stats.fisher[name] += self._weights[site].sum().to(self.stats.fisher[name].device)
 
     def set_reference(self, mlp_hidden: torch.Tensor | None) -> None:
         """A reference model's MLP activations (down_proj input) for the tokens the next forward pass runs."""

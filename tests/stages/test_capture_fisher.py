@@ -26,10 +26,11 @@ def test_fisher_store_holds_both_and_mix_zero_solves_like_the_plain_store(tmp_pa
     fisher = _run(tmp_path, tiny_model_dirs, **{"calibration.fisher": "true"})
     assert ArtifactPaths(plain).store != ArtifactPaths(fisher).store  # both stores coexist
     plain_store, fisher_store = open_store(plain)[0], open_store(fisher)[0]
-    assert read_manifest(ArtifactPaths(fisher).store).config["fisher"] is True
+    assert read_manifest(ArtifactPaths(fisher).store).config["fisher"] == 2
     for layer in range(2):
         a, b = plain_store.read_layer(layer), fisher_store.read_layer(layer)
-        assert set(b) == set(a) | {f"fisher_{n}" for n in ("attn_gram", "mlp_gram", "q_energy", "k_energy")}
+        added = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "attn_weight", "mlp_weight")
+        assert set(b) == set(a) | {f"fisher_{n}" for n in added}
         for name in a:
             torch.testing.assert_close(a[name], b[name])
         assert not torch.allclose(b["fisher_mlp_gram"], b["mlp_gram"])
@@ -57,3 +58,28 @@ def test_sequential_solve_with_fisher_weights(tmp_path, tiny_model_dirs) -> None
     target = solve.run(cfg)
     extra = read_manifest(target).extra
     assert extra["sequential"] is True and all(e["mlp"] >= 0 for e in extra["errors"])
+
+
+def test_fisher_curve_scale_changes_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+    import json
+
+    _run(tmp_path, tiny_model_dirs, **{"calibration.fisher": "true"})
+    plans = {}
+    for scale in ("residual", "fisher"):
+        cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+            "calibration.fisher": "true", "compression.curve_scale": scale, "compression.rate": 0.3}))
+        validate(cfg)
+        target = solve.run(cfg)
+        plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
+        assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
+    assert plans["residual"] != plans["fisher"]
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2  # one per scale
+
+
+def test_fisher_curve_scale_needs_fisher_sums_and_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+    for extra, expected in (({}, "calibration.fisher=true"),
+                            ({"calibration.fisher": "true", "compression.allocation": "bi"}, "allocation=error")):
+        cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+            "compression.curve_scale": "fisher", **extra}))
+        with pytest.raises(ConfigError, match=f"compression.curve_scale='fisher' is invalid: .*{expected}"):
+            validate(cfg)

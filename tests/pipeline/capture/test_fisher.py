@@ -45,15 +45,15 @@ def _probe_gradients(model: torch.nn.Module, ids: torch.Tensor, layer: int) -> t
 
 
 @pytest.mark.parametrize("family", ["llama", "opt"])
-def test_token_weights_are_the_normalised_squared_loss_gradients(family: str) -> None:
+def test_token_weights_are_the_squared_loss_gradients(family: str) -> None:
     model = _model(family)
     before = {n: p.clone() for n, p in model.named_parameters()}
     weights = token_gradient_weights(adapter_for(model), IDS, batch_size=2, device=torch.device("cpu"))
     assert weights.shape == (adapter_for(model).num_layers, 2, *IDS.shape)
     for layer in range(weights.shape[0]):
         g_o, g_d = _probe_gradients(model, IDS, layer)
-        torch.testing.assert_close(weights[layer, 0], (g_o / g_o.mean()).float(), rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(weights[layer, 1], (g_d / g_d.mean()).float(), rtol=1e-4, atol=1e-6)
+        for got, want in ((weights[layer, 0], g_o), (weights[layer, 1], g_d)):
+            torch.testing.assert_close(got, want.float(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
     # The last position predicts nothing, so no loss reaches it; nothing else is zero.
     assert torch.all(weights[..., -1] == 0) and torch.all(weights[..., :-1] > 0)
     for n, p in model.named_parameters():
@@ -77,6 +77,8 @@ def test_weighted_sums_weight_each_token() -> None:
         assert not any(n.startswith("fisher_") for n in plain[i])
         for n in names:
             torch.testing.assert_close(ones[i][f"fisher_{n}"], plain[i][n])
+        for w in ("fisher_attn_weight", "fisher_mlp_weight"):
+            torch.testing.assert_close(ones[i][w], plain[i]["tokens"])
     # Weight 3 on the first two sequences and 0 on the rest: three times the sums of a capture of those two
     # (the first sequences' inputs do not depend on the others: one batch of 2).
     w = torch.zeros(layers, 2, *IDS.shape)
@@ -96,7 +98,9 @@ def test_fisher_mix_interpolates_and_needs_the_weighted_sums() -> None:
     assert fisher_mixed(sums, 0.0) is sums
     with pytest.raises(ValueError, match="calibration.fisher=true"):
         fisher_mixed(sums, 0.5)
-    full = sums | {f"fisher_{n}": 3 * sums[n] for n in ("attn_gram", "mlp_gram", "q_energy", "k_energy")}
+    # Weights summing to 2 per token: the weighted sums are divided by that mean before they are mixed.
+    full = sums | {f"fisher_{n}": 6 * sums[n] for n in ("attn_gram", "mlp_gram", "q_energy", "k_energy")}
+    full |= {"fisher_attn_weight": torch.tensor(8.0), "fisher_mlp_weight": torch.tensor(8.0)}
     mixed = fisher_mixed(full, 0.25)
     torch.testing.assert_close(mixed["mlp_gram"], 1.5 * torch.ones(3, 3))
     assert mixed["tokens"] is sums["tokens"]
