@@ -30,6 +30,19 @@ def _sequential_cfg(tmp_path, tiny_model_dirs, family: str, **extra):
     return cfg, overrides
 
 
+def _record_sums(monkeypatch) -> dict[int, dict[str, torch.Tensor]]:
+    """The sums each layer's solve receives, recorded as the solve stage hands them over."""
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    original = solve._solve_layer
+
+    def record(method, adapter, index, sums, *args):
+        seen[index] = {n: t.clone() for n, t in sums.items()}
+        return original(method, adapter, index, sums, *args)
+
+    monkeypatch.setattr(solve, "_solve_layer", record)
+    return seen
+
+
 def _compressed_below(cfg, family: str, solutions: list[LayerSolution], layer: int):
     """The assembled model whose layers below ``layer`` are the solve's and the rest dense (identity solutions),
     with its adapter, and the dense model's."""
@@ -58,14 +71,7 @@ def _naive_sums(cfg, family: str, solutions: list[LayerSolution], layer: int) ->
 def test_sequential_sums_equal_a_naive_forward_through_the_compressed_layers(tmp_path, tiny_model_dirs, monkeypatch,
                                                                              family) -> None:
     cfg, _ = _sequential_cfg(tmp_path, tiny_model_dirs, family)
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-    original = solve._solve_layer
-
-    def record(method, adapter, index, sums, *args):
-        seen[index] = {n: t.clone() for n, t in sums.items()}
-        return original(method, adapter, index, sums, *args)
-
-    monkeypatch.setattr(solve, "_solve_layer", record)
+    seen = _record_sums(monkeypatch)
     target = solve.run(cfg)
     assert read_manifest(target).extra["sequential"] is True
     _, solutions, _ = load_solution(cfg)
@@ -139,14 +145,7 @@ def _mlp_activations(model: torch.nn.Module, module: torch.nn.Module, input_ids:
 
 def test_dense_target_adds_the_cross_correlation_with_the_dense_stream(tmp_path, tiny_model_dirs, monkeypatch) -> None:
     cfg, overrides = _sequential_cfg(tmp_path, tiny_model_dirs, "llama", **{"compression.sequential_target": "dense"})
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-    original = solve._solve_layer
-
-    def record(method, adapter, index, sums, *args):
-        seen[index] = {n: t.clone() for n, t in sums.items()}
-        return original(method, adapter, index, sums, *args)
-
-    monkeypatch.setattr(solve, "_solve_layer", record)
+    seen = _record_sums(monkeypatch)
     target = solve.run(cfg)
     _, solutions, _ = load_solution(cfg)
     input_ids, _ = load_tokens(cfg)
