@@ -241,13 +241,16 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
     is large. ``settings.curve_scale="fisher"`` scales by E‖∂L/∂y‖² at the module's output instead (the loss's own
     sensitivity, isotropic part: ΔL ≈ ½ E[(gᵀe)²] ≈ ½ E‖g‖² E‖e‖² / d), which also sees how errors propagate through
-    the layers above. Modules the family does not let MoDeGPT cut offer only their full width.
+    the layers above; ``"kl"`` by the same trace estimated from forward passes (``stats["sensitivity"]``).
+    Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads
     tokens = float(stats["tokens"])
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
     if settings.curve_scale == "fisher":
         attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
+    elif settings.curve_scale == "kl":  # the caller adds the layer's [attention, MLP] output sensitivities
+        attn_scale, mlp_scale = (float(s) for s in stats["sensitivity"])
     else:
         attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
 

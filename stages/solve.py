@@ -38,6 +38,7 @@ from pipeline.artifacts import (
 from pipeline.capture import fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
+from pipeline.capture.sensitivity import RELATIVE_NOISE, SEQUENCES, output_sensitivity
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
@@ -170,19 +171,25 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
            **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
            **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
+           **({"kl_probe": [SEQUENCES, RELATIVE_NOISE]} if k.curve_scale == "kl" else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
+    sensitivity = None
+    if k.curve_scale == "kl":
+        sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
     with contextlib.closing(layers):
         for index, sums in tqdm(layers, desc="error curves", unit="layer", total=adapter.num_layers, disable=None):
             start = time.perf_counter()
-            curves.append(method.module_curves(adapter.layer(index), adapter, fisher_mixed(sums, k.fisher_mix),
-                                               settings, k.max_sparsity, device))
+            sums = fisher_mixed(sums, k.fisher_mix)
+            if sensitivity is not None:
+                sums = sums | {"sensitivity": sensitivity[index]}
+            curves.append(method.module_curves(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device))
             log.info("error curves layer %d/%d (%.2f s)", index + 1, adapter.num_layers, time.perf_counter() - start)
     with atomic_path(path) as tmp:
         save_file(curves_to_tensors(curves), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})

@@ -60,20 +60,20 @@ def test_sequential_solve_with_fisher_weights(tmp_path, tiny_model_dirs) -> None
     assert extra["sequential"] is True and all(e["mlp"] >= 0 for e in extra["errors"])
 
 
-def test_fisher_curve_scale_changes_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+def test_fisher_and_kl_curve_scales_change_the_module_budget(tmp_path, tiny_model_dirs) -> None:
     import json
 
     _run(tmp_path, tiny_model_dirs, **{"calibration.fisher": "true"})
     plans = {}
-    for scale in ("residual", "fisher"):
+    for scale in ("residual", "fisher", "kl"):
         cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
             "calibration.fisher": "true", "compression.curve_scale": scale, "compression.rate": 0.3}))
         validate(cfg)
         target = solve.run(cfg)
         plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
         assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
-    assert plans["residual"] != plans["fisher"]
-    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2  # one per scale
+    assert plans["residual"] != plans["fisher"] and plans["residual"] != plans["kl"]
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 3  # one per scale
 
 
 def test_fisher_curve_scale_needs_fisher_sums_and_the_module_budget(tmp_path, tiny_model_dirs) -> None:
@@ -83,3 +83,11 @@ def test_fisher_curve_scale_needs_fisher_sums_and_the_module_budget(tmp_path, ti
             "compression.curve_scale": "fisher", **extra}))
         with pytest.raises(ConfigError, match=f"compression.curve_scale='fisher' is invalid: .*{expected}"):
             validate(cfg)
+
+
+def test_kl_curve_scale_needs_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+        "compression.curve_scale": "kl", "compression.allocation": "bi"}))
+    with pytest.raises(ConfigError, match=r"compression.curve_scale='kl' is invalid: expected residual unless "
+                                          r"compression.allocation=error"):
+        validate(cfg)

@@ -1,0 +1,55 @@
+"""Forward-only output sensitivity (curve_scale=kl) against the exact trace of the model's own Fisher."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.adapters import adapter_for
+from pipeline.capture.sensitivity import output_sensitivity
+from pipeline.tiny import random_model, tiny_config
+
+IDS = torch.randint(3, 120, (2, 6), generator=torch.Generator().manual_seed(0))
+
+
+def _logits_with_output(model: torch.nn.Module, linear: torch.nn.Module, seq: torch.Tensor,
+                        y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of ``seq`` with ``linear``'s output replaced by ``y`` (None: its own), and that output."""
+    seen = {}
+
+    def swap(m, args, out):
+        seen["y"] = out if y is None else y
+        return seen["y"]
+
+    handle = linear.register_forward_hook(swap)
+    try:
+        return model(input_ids=seq[None]).logits[0], seen["y"]
+    finally:
+        handle.remove()
+
+
+def _exact_fisher_trace(model: torch.nn.Module, linear: torch.nn.Module) -> float:
+    """Σ_positions tr(Jᵀ (diag p − p pᵀ) J) / tokens, J = ∂logits/∂(the linear's output), by autograd."""
+    total = 0.0
+    for seq in IDS:
+        with torch.no_grad():
+            logits, y0 = _logits_with_output(model, linear, seq, None)
+        jac = torch.autograd.functional.jacobian(lambda y, s=seq: _logits_with_output(model, linear, s, y)[0], y0)
+        length, vocab = jac.shape[:2]
+        jac = jac.reshape(length, vocab, -1).double()
+        p = F.softmax(logits.double(), dim=-1)
+        for t in range(length):
+            h = torch.diag(p[t]) - torch.outer(p[t], p[t])
+            total += float(torch.trace(jac[t].T @ h @ jac[t]))
+    return total / IDS.numel()
+
+
+def test_kl_probe_estimates_the_fisher_trace() -> None:
+    model = random_model(tiny_config("llama"), seed=0)
+    adapter = adapter_for(model)
+    estimates = torch.stack([output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
+                             for s in range(40)]).mean(0)
+    for layer, site, linear in ((0, 0, adapter.layer(0).o_proj), (1, 1, adapter.layer(1).down_proj)):
+        exact = _exact_fisher_trace(model, linear)
+        ratio = float(estimates[layer, site]) / exact
+        assert abs(ratio - 1) < 0.15, (layer, site, ratio)
