@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.adapters import adapter_for
+from pipeline.adapters import adapter_for, tiny_model_types
 from pipeline.capture.sensitivity import output_sensitivity
 from pipeline.tiny import random_model, tiny_config
 
+MODEL_TYPES = tiny_model_types()
 IDS = torch.randint(3, 120, (2, 6), generator=torch.Generator().manual_seed(0))
 
 
@@ -53,3 +55,14 @@ def test_kl_probe_estimates_the_fisher_trace() -> None:
         exact = _exact_fisher_trace(model, linear)
         ratio = float(estimates[layer, site]) / exact
         assert abs(ratio - 1) < 0.15, (layer, site, ratio)
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_replaying_the_blocks_below_changes_nothing(model_type: str) -> None:
+    model = random_model(tiny_config(model_type), seed=0)
+    adapter = adapter_for(model)
+    fast = output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=3)
+    slow = output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=3, replay_below=False)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=0)
+    assert torch.all(fast > 0)
+    assert all(isinstance(b, type(adapter.decoder_layers()[0])) for b in adapter.decoder_layers())  # restored
