@@ -67,7 +67,7 @@ class CompressionConfig:
     sequential_target: str = "layer"
     # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
     fisher_mix: float = 0.0
-    # allocation=error: each module's error in units of residual (E 1/‖h‖², the next norm's view), fisher
+    # Read by allocation=error only: each module's error in units of residual (E 1/‖h‖², the next norm's view), fisher
     # (E ‖∂L/∂y‖², the loss's sensitivity to the module's output; needs calibration.fisher) or kl (the same
     # sensitivity from forward passes: the KL of the outputs under a small perturbation of the module's output)
     curve_scale: str = "residual"
@@ -176,10 +176,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
            k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
     _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
-    _check(k.curve_scale == "residual" or k.allocation == "error", "compression.curve_scale", k.curve_scale,
-           "residual unless compression.allocation=error (the scale is the error curves')")
-    _check(k.curve_scale != "fisher" or c.fisher, "compression.curve_scale", k.curve_scale,
-           "residual or kl unless calibration.fisher=true (the store then holds the gradient energies)")
+    # Read only by allocation=error (the error curves' unit), like temperature only by bi.
+    _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",
+           k.curve_scale, "residual or kl unless calibration.fisher=true (the store then holds the gradient energies)")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
     _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
            "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")
