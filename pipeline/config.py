@@ -70,7 +70,7 @@ class CompressionConfig:
     # Read by allocation=error only: each module's error in units of residual (E 1/‖h‖², the next norm's view), fisher
     # (E ‖∂L/∂y‖², the loss's sensitivity to the module's output; needs calibration.fisher) or kl (the same
     # sensitivity from forward passes: the KL of the outputs under a small perturbation of the module's output)
-    curve_scale: str = "residual"
+    curve_scale: str = "kl"
 
 
 @dataclass
