@@ -70,7 +70,7 @@ class CompressionConfig:
     # Read by allocation=error only: each module's error in units of residual (E 1/‖h‖², the next norm's view), fisher
     # (E ‖∂L/∂y‖², the loss's sensitivity to the module's output; needs calibration.fisher) or kl (the same
     # sensitivity from forward passes: the KL of the outputs under a small perturbation of the module's output)
-    curve_scale: str = "kl"
+    curve_scale: str = "residual"
 
 
 @dataclass
@@ -179,6 +179,8 @@ def validate(cfg: DictConfig | Config) -> None:
     # Read only by allocation=error (the error curves' unit), like temperature only by bi.
     _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",
            k.curve_scale, "residual or kl unless calibration.fisher=true (the store then holds the gradient energies)")
+    _check(k.sequential_target == "layer" or not k.fisher_mix, "compression.sequential_target", k.sequential_target,
+           "layer with compression.fisher_mix > 0 (the cross-correlation the dense target reads is not weighted)")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
     _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
            "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")

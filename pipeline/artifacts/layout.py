@@ -247,7 +247,7 @@ class ArtifactPaths:
 # `modegpt ls` marks an artifact found anywhere else as the old layout.
 _H = f"[0-9a-f]{{{KEY_HEX}}}"
 _M = rf"[^/]+-{_H}"
-_RUN = rf"{_M}/[^/]+-\d+x\d+-seed\d+-{_H}-[a-z0-9]+"
+_RUN = rf"{_M}/[^/]+-\d+x\d+-seed\d+-{_H}-[a-z0-9]+(-fisher)?"  # run_key: tokens, dtype, Fisher sums
 CURRENT_LAYOUT = {
     "model": re.compile(rf"models/{_M}"),
     "tokens": re.compile(rf"{_M}/calib/[^/]+-\d+x\d+-seed\d+-{_H}"),

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.adapters import HeadLayout, LayerAdapter
-from pipeline.adapters.base import Linear
+from pipeline.adapters.base import Linear, output_source
 from pipeline.plan import LayerSolution
 
 from .build import head_rows
@@ -30,10 +30,17 @@ def _zero_rows_except(linear: Linear, keep: torch.Tensor) -> None:
 def _set_output_bias(linear: Linear, bias: torch.Tensor) -> None:
     if linear.bias is not None:
         linear.bias.copy_(bias)
-    elif isinstance(linear, nn.Linear):
-        linear.bias = nn.Parameter(bias.to(linear.weight), requires_grad=False)
     else:
-        raise ValueError(f"cannot add the folded value bias to a fused projection without bias ({linear})")
+        # A bias-free o (Qwen2) gets the folded value bias as a constant added to its output, not as a new
+        # parameter: the block keeps its parameter set, so counts read off the model stay the dense ones.
+        module, cols = output_source(linear)
+
+        def add_bias(m: nn.Module, args: object, out: torch.Tensor) -> torch.Tensor:
+            out = out.clone()
+            out[..., cols] += bias.to(out.device, out.dtype)
+            return out
+
+        module.register_forward_hook(add_bias)
 
 
 @torch.no_grad()

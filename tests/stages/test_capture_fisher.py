@@ -27,6 +27,9 @@ def test_fisher_store_holds_both_and_mix_zero_solves_like_the_plain_store(tmp_pa
     assert ArtifactPaths(plain).store != ArtifactPaths(fisher).store  # both stores coexist
     plain_store, fisher_store = open_store(plain)[0], open_store(fisher)[0]
     assert read_manifest(ArtifactPaths(fisher).store).config["fisher"] == 2
+    from pipeline.artifacts.inventory import scan
+
+    assert not [e.key for e in scan(fisher) if e.old_layout]  # the -fisher run key is the current layout
     for layer in range(2):
         a, b = plain_store.read_layer(layer), fisher_store.read_layer(layer)
         added = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "attn_weight", "mlp_weight")
