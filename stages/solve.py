@@ -171,7 +171,8 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
            **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
            **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
-           **({"kl_probe": [SEQUENCES, RELATIVE_NOISE]} if k.curve_scale == "kl" else {}),
+           # the probe's noise is drawn batch by batch: the batch size changes the draws
+           **({"kl_probe": [SEQUENCES, RELATIVE_NOISE, cfg.calibration.batch_size]} if k.curve_scale == "kl" else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
