@@ -35,7 +35,7 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
-from pipeline.capture import fisher_mixed
+from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
 from pipeline.capture.sensitivity import RELATIVE_NOISE, SEQUENCES, output_sensitivity
@@ -115,12 +115,19 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weights-only methods need none).
     layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
-        store.iter_layers(todo, verify=cfg.verify_store) if method.needs_store else ((i, None) for i in todo))
+        store.iter_layers(todo, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        if method.needs_store else ((i, None) for i in todo))
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
         for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
                                 initial=len(errors), disable=None):
             errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target,
                                          cfg.compression.fisher_mix)
+
+
+def _stored_sums_read(cfg: Any) -> tuple[str, ...] | None:
+    """The store arrays a solve reads: all of them, but a Fisher store's fisher_* sums only when used."""
+    k = cfg.compression
+    return None if k.fisher_mix or k.curve_scale == "fisher" else STAT_NAMES
 
 
 def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
@@ -183,7 +190,7 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     if k.curve_scale == "kl":
         sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device)
     curves = []
-    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
+    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
     with contextlib.closing(layers):
         for index, sums in tqdm(layers, desc="error curves", unit="layer", total=adapter.num_layers, disable=None):
             start = time.perf_counter()

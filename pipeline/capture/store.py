@@ -124,21 +124,22 @@ class CorrelationStore:
             out[name] = torch.from_numpy(a)
         return out
 
-    def iter_layers(self, layers: Iterable[int], verify: bool = True) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+    def iter_layers(self, layers: Iterable[int], verify: bool = True, names: tuple[str, ...] | None = None
+                    ) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         """(layer, sums) in order, the next layer read in a background thread while the caller works on this one.
 
         Zarr decoding, checksums and file reads release the GIL, so a solve overlaps them with its own work;
-        at most two layers' sums are in memory at once.
+        at most two layers' sums are in memory at once. ``names`` limits what is read, as in :meth:`read_layer`.
         """
         order = list(layers)
         if not order:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read") as pool:
-            pending = pool.submit(self.read_layer, order[0], verify)
+            pending = pool.submit(self.read_layer, order[0], verify, names)
             for position, layer in enumerate(order):
                 sums = pending.result()
                 if position + 1 < len(order):
-                    pending = pool.submit(self.read_layer, order[position + 1], verify)
+                    pending = pool.submit(self.read_layer, order[position + 1], verify, names)
                 yield layer, sums
 
     def nbytes(self) -> int:
