@@ -67,7 +67,8 @@ METHODS = {  # name -> overrides on top of the run's config
     # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
     "fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0"],
     "fisher0.5": ["calibration.fisher=true", "compression.fisher_mix=0.5"],
-    "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (whole model on device)
+    "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe
+    "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
     "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
     "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
     "sequential+fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0", "compression.sequential=true"],
