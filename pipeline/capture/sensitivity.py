@@ -4,9 +4,14 @@ For a small isotropic perturbation δ ~ N(0, σ²I) of a module's output, the KL
 next-token distributions before and after is ½ δᵀFδ to second order, F the Fisher information of the model's own
 predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the same quantity as the
 empirical Fisher's E‖∂L/∂y‖² (``pipeline.capture.fisher``) but with the model's own predictions in place of the
-labels and no backward pass. One clean and 2 × layers perturbed forward passes per batch, on a few sequences;
-a pass perturbing layer l replays the clean outputs of the blocks below l instead of recomputing them (half the
-cost on average).
+labels and no backward pass.
+
+Block by block, like the capture: one block on the device at a time. Per batch of probe sequences the clean hidden
+state and one *stream* per module perturbed so far go through each block; block l adds two streams (its attention
+output and its MLP output perturbed, on the clean input). After the last block every stream's next-token
+distribution is compared with the clean one, a slice of positions at a time, so the vocabulary-sized logits of one
+slice are the largest tensor. Cost: about layers² / 2 block passes over the probe (the first 8 sequences); memory:
+2·layers + 1 hidden states of one batch.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,36 +33,38 @@ log = logging.getLogger(__name__)
 
 RELATIVE_NOISE = 0.02  # σ as a fraction of the module output's RMS: small enough for the quadratic regime
 SEQUENCES = 8  # calibration sequences probed (the first ones): enough tokens for a stable mean
+LOGIT_BUDGET = 1 << 24  # logits (positions × vocabulary) compared at once, in float64
+# 2: block by block, log-probabilities in float64 (float32's rounding is not small against a KL this small)
+PROBE_VERSION = 2
 
 
-def _log_probs(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+@dataclass
+class _Stream:
+    layer: int
+    site: int  # 0: attention output (o_proj), 1: MLP output (down_proj)
+    sigma: float
+    hidden: torch.Tensor
 
 
-def _perturbed_log_probs(model: torch.nn.Module, batch: torch.Tensor, linear: Any, relative_noise: float,
-                         generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """Log-probabilities with N(0, σ²) noise added to ``linear``'s output, σ = relative_noise × its RMS; and σ."""
-    module, cols = output_source(linear)
-    sigma: list[float] = []
+def _perturbing(linear: Any, relative_noise: float, generator: torch.Generator, sigma: list[float]) -> Any:
+    """A forward hook adding N(0, σ²) noise to ``linear``'s output, σ = relative_noise × its RMS (appended to
+    ``sigma``). The noise is drawn on the CPU generator so every device sees the same draws."""
+    _, cols = output_source(linear)
 
     def perturb(m: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
         part = out[..., cols]
         sigma.append(relative_noise * float(part.float().square().mean().sqrt()))
-        noise = torch.randn(part.shape, generator=generator, dtype=torch.float32) * sigma[0]
+        noise = torch.randn(part.shape, generator=generator, dtype=torch.float32) * sigma[-1]
         out = out.clone()
         out[..., cols] += noise.to(out.device, out.dtype)
         return out
 
-    handle = module.register_forward_hook(perturb)
-    try:
-        return _log_probs(model, batch), sigma[0]
-    finally:
-        handle.remove()
+    return perturb
 
 
 class _Replay(nn.Module):
-    """Stands in for a block below the perturbed one: returns that block's clean output without computing it. It
-    keeps the block's plain attributes (e.g. ``attention_type``, which some models read to pick a mask)."""
+    """Stands in for a decoder block: returns a fixed output without computing anything. It keeps the block's
+    plain attributes (e.g. ``attention_type``, which some models read to pick a mask)."""
 
     def __init__(self, block: nn.Module, output: Any) -> None:
         super().__init__()
@@ -70,56 +78,88 @@ class _Replay(nn.Module):
 
 
 @contextlib.contextmanager
-def _replaying(blocks: nn.ModuleList, outputs: list[Any], below: int) -> Iterator[None]:
-    originals = [blocks[i] for i in range(below)]
+def _blocks_returning(blocks: nn.ModuleList, output: Any) -> Iterator[None]:
+    originals = list(blocks)
     try:
-        for i in range(below):
-            blocks[i] = _Replay(originals[i], outputs[i])
+        for i, block in enumerate(originals):
+            blocks[i] = _Replay(block, output)
         yield
     finally:
         for i, block in enumerate(originals):
             blocks[i] = block
 
 
-def _clean_pass(model: nn.Module, blocks: nn.ModuleList, batch: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
-    """Log-probabilities of the unperturbed model and every block's output, as the block returned it."""
-    outputs: list[Any] = [None] * len(blocks)
-    handles = [b.register_forward_hook(lambda m, a, out, i=i: outputs.__setitem__(i, out))
-               for i, b in enumerate(blocks)]
-    try:
-        return _log_probs(model, batch), outputs
-    finally:
-        for h in handles:
-            h.remove()
+def _as_block_output(template: Any, hidden: torch.Tensor) -> Any:
+    """``hidden`` in the structure a block returns (a tensor, or a tuple led by it)."""
+    return (hidden, *template[1:]) if isinstance(template, tuple) else hidden
+
+
+class _Head:
+    """Next-token log-probabilities from the last block's output, through the model's own final norm and head
+    (every block replaced by a replay of that output), a slice of positions at a time: what follows the blocks
+    acts on each position alone, so slicing is exact."""
+
+    def __init__(self, model: nn.Module, blocks: nn.ModuleList, template: Any, batch: torch.Tensor) -> None:
+        self.model, self.blocks, self.template, self.batch = model, blocks, template, batch
+        vocab = model.get_output_embeddings().weight.shape[0]
+        step = max(1, LOGIT_BUDGET // max(1, batch.shape[0] * vocab))
+        self.slices = [slice(a, a + step) for a in range(0, batch.shape[1], step)]
+
+    def log_probs(self, hidden: torch.Tensor, positions: slice) -> torch.Tensor:
+        with _blocks_returning(self.blocks, _as_block_output(self.template, hidden[:, positions])):
+            logits = self.model(input_ids=self.batch[:, positions], use_cache=False).logits
+        return F.log_softmax(logits.double(), dim=-1)
+
+
+def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.device, relative_noise: float,
+                 generator: torch.Generator, totals: torch.Tensor) -> None:
+    """Add one batch's 2·Σ_t KL / σ² per module to ``totals``."""
+    model, blocks, layers = adapter.model, adapter.decoder_layers(), adapter.layers()
+    clean, kwargs = adapter.block_inputs(batch)
+    streams: list[_Stream] = []
+    template: Any = None
+    for index, block in enumerate(blocks):
+        home = next(block.parameters()).device
+        block.to(device)
+        for stream in streams:
+            stream.hidden = adapter.run_block(block, stream.hidden, kwargs)
+        for site, linear in enumerate((layers[index].o_proj, layers[index].down_proj)):
+            sigma: list[float] = []
+            handle = output_source(linear)[0].register_forward_hook(
+                _perturbing(linear, relative_noise, generator, sigma))
+            try:
+                hidden = adapter.run_block(block, clean, kwargs)
+            finally:
+                handle.remove()
+            streams.append(_Stream(index, site, sigma[0], hidden))
+        template = block(clean, **kwargs)
+        clean = template[0] if isinstance(template, tuple) else template
+        block.to(home)
+    head = _Head(model, blocks, template, batch)
+    for positions in head.slices:
+        reference = head.log_probs(clean, positions)
+        for stream in streams:
+            kl = (reference.exp() * (reference - head.log_probs(stream.hidden, positions))).sum().double()
+            totals[stream.layer, stream.site] += 2.0 * kl / max(stream.sigma**2, 1e-300)
 
 
 @torch.no_grad()
 def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
-                       sequences: int = SEQUENCES, relative_noise: float = RELATIVE_NOISE, seed: int = 0,
-                       replay_below: bool = True) -> torch.Tensor:
+                       sequences: int = SEQUENCES, relative_noise: float = RELATIVE_NOISE,
+                       seed: int = 0) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
-    0) and MLP output (down_proj, column 1), over the first ``sequences`` calibration sequences. The model ends
-    where it was."""
-    model = adapter.model
-    layers = adapter.layers()
-    blocks = adapter.decoder_layers()
-    home = next(model.parameters()).device
+    0) and MLP output (down_proj, column 1), over the first ``sequences`` calibration sequences. Blocks go to
+    ``device`` one at a time; the model ends where it was."""
     generator = torch.Generator().manual_seed(seed)
-    totals = torch.zeros(len(layers), 2, dtype=torch.float64)
+    totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
     probe = input_ids[:sequences]
-    model.to(device)
+    home = next(adapter.model.get_input_embeddings().parameters()).device
+    adapter.move_non_layer_modules(device)
     try:
         for batch in tqdm(probe.split(batch_size), desc="output sensitivity", unit="batch", disable=None):
-            batch = batch.to(device)
-            clean, block_outputs = _clean_pass(model, blocks, batch)
-            for i, layer in enumerate(layers):
-                for site, linear in enumerate((layer.o_proj, layer.down_proj)):
-                    with _replaying(blocks, block_outputs, i if replay_below else 0):
-                        noisy, sigma = _perturbed_log_probs(model, batch, linear, relative_noise, generator)
-                    kl = (clean.exp() * (clean - noisy)).sum().double()
-                    totals[i, site] += 2.0 * kl / max(sigma**2, 1e-300)
+            _probe_batch(adapter, batch.to(device), device, relative_noise, generator, totals)
     finally:
-        model.to(home)
+        adapter.move_non_layer_modules(home)
     tokens = probe.numel()
     log.info("output sensitivity from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", tokens,
              float(totals[:, 0].min() / tokens), float(totals[:, 0].max() / tokens),
