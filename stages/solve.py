@@ -38,7 +38,7 @@ from pipeline.artifacts import (
 from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
-from pipeline.capture.sensitivity import PROBE_VERSION, RELATIVE_NOISE, SEQUENCES, output_sensitivity
+from pipeline.capture.sensitivity import POSITIONS, PROBE_VERSION, RELATIVE_NOISE, SEQUENCES, output_sensitivity
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
@@ -179,7 +179,7 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
            **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
            **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
            # the probe's noise is drawn batch by batch: the batch size changes the draws
-           **({"kl_probe": [SEQUENCES, RELATIVE_NOISE, cfg.calibration.batch_size, PROBE_VERSION]}
+           **({"kl_probe": [SEQUENCES, POSITIONS, RELATIVE_NOISE, cfg.calibration.batch_size, PROBE_VERSION]}
               if k.curve_scale == "kl" else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}

@@ -10,8 +10,8 @@ Block by block, like the capture: one block on the device at a time. Per batch o
 state and one *stream* per module perturbed so far go through each block; block l adds two streams (its attention
 output and its MLP output perturbed, on the clean input). After the last block every stream's next-token
 distribution is compared with the clean one, a slice of positions at a time, so the vocabulary-sized logits of one
-slice are the largest tensor. Cost: about layers² / 2 block passes over the probe (the first 8 sequences); memory:
-2·layers + 1 hidden states of one batch.
+slice are the largest tensor. Cost: about layers² block passes over the probe (the first 512 positions of the first
+8 sequences); memory: 2·layers + 1 hidden states of one batch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 RELATIVE_NOISE = 0.02  # σ as a fraction of the module output's RMS: small enough for the quadratic regime
 SEQUENCES = 8  # calibration sequences probed (the first ones): enough tokens for a stable mean
+# positions probed per sequence (the first ones). The probe runs about layers² block passes over its tokens, a
+# capture layers passes over the calibration's: with 8 × 512 probe tokens it costs layers × 4096 / (calibration
+# tokens) captures (80 layers, the paper's 128 × 2048: 1.25; SmolLM2's 30 layers, the default 32 × 512: 7.5)
+POSITIONS = 512
 LOGIT_BUDGET = 1 << 24  # logits (positions × vocabulary) compared at once, in float64
 # 2: block by block, log-probabilities in float64 (float32's rounding is not small against a KL this small)
 PROBE_VERSION = 2
@@ -145,14 +149,14 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
 
 @torch.no_grad()
 def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
-                       sequences: int = SEQUENCES, relative_noise: float = RELATIVE_NOISE,
+                       sequences: int = SEQUENCES, positions: int = POSITIONS, relative_noise: float = RELATIVE_NOISE,
                        seed: int = 0) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
-    0) and MLP output (down_proj, column 1), over the first ``sequences`` calibration sequences. Blocks go to
-    ``device`` one at a time; the model ends where it was."""
+    0) and MLP output (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences``
+    calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was."""
     generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
-    probe = input_ids[:sequences]
+    probe = input_ids[:sequences, :positions]
     home = next(adapter.model.get_input_embeddings().parameters()).device
     adapter.move_non_layer_modules(device)
     try:

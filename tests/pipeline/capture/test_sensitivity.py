@@ -96,3 +96,11 @@ def test_block_by_block_equals_whole_model_passes(model_type: str, monkeypatch: 
     torch.testing.assert_close(streamed, naive, rtol=1e-4, atol=0)
     assert torch.all(streamed > 0)
     assert all(isinstance(b, type(adapter.decoder_layers()[0])) for b in adapter.decoder_layers())  # restored
+
+
+def test_the_probe_reads_the_first_positions_of_the_first_sequences() -> None:
+    adapter = adapter_for(random_model(tiny_config("llama"), seed=0).eval())
+    ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
+    cut = output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, positions=5, seed=1)
+    torch.testing.assert_close(cut, output_sensitivity(adapter, ids[:2, :5], 2, torch.device("cpu"), seed=1))
+    assert not torch.allclose(cut, output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, seed=1))
