@@ -191,7 +191,9 @@ def main() -> None:
     dense_row = {"method": "dense", "rate": 0.0, "epsilon": None, "params": dense_params, "block_rate": 0.0,
                  "model_rate": 0.0, **evaluate(dense, model_fingerprint(cfg, paths.dense_model))}
     rows = [dense_row]
-    print(f"dense: ppl {dense_row['ppl']:.3f}", flush=True)
+    dense_zs = dense_row["zero_shot"]
+    print(f"dense: ppl {dense_row['ppl']:.3f}"
+          + (f" zero-shot {_pm(dense_zs['average'], dense_zs['average_stderr'])}" if dense_zs else ""), flush=True)
     jobs = [(m, r, None) for r in args.rates for m in args.methods]
     jobs += [("paper", args.epsilon_rate, e) for e in args.epsilons if e != cfg.compression.temperature]
     for method, rate, eps in jobs:
@@ -215,7 +217,9 @@ def main() -> None:
             row["margin_retention"] = margin_retention(task_scores(row["zero_shot"]),
                                                        task_scores(dense_row["zero_shot"]))["mean"]
         rows.append(row)
-        print(f"{method} rate {rate} eps {row['epsilon']}: ppl {row['ppl']:.3f} params {params} "
+        zs = row["zero_shot"]
+        zs_text = f" zero-shot {_pm(zs['average'], zs['average_stderr'])}" if zs else ""
+        print(f"{method} rate {rate} eps {row['epsilon']}: ppl {row['ppl']:.3f}{zs_text} params {params} "
               f"(block rate {row['block_rate']:.4f}) [{time.perf_counter() - start:.0f} s]", flush=True)
         del model
 
