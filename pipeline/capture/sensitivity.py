@@ -142,8 +142,9 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
     head = _Head(model, blocks, template, batch)
     for positions in head.slices:
         reference = head.log_probs(clean, positions)
+        probabilities = reference.exp()
         for stream in streams:
-            kl = (reference.exp() * (reference - head.log_probs(stream.hidden, positions))).sum().double()
+            kl = (probabilities * (reference - head.log_probs(stream.hidden, positions))).sum()
             totals[stream.layer, stream.site] += 2.0 * kl / max(stream.sigma**2, 1e-300)
 
 
