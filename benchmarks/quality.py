@@ -50,6 +50,7 @@ from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
 PAPER = ["compression=paper"]  # the paper's MoDeGPT exactly (conf/compression/paper.yaml)
+RESIDUAL = ["compression.curve_scale=residual"]  # the module budget without the KL probe (the default before 2026-12)
 METHODS = {  # name -> overrides on top of the run's config
     "modegpt": [],  # this project's default solver (conf/compression/default.yaml)
     "paper": PAPER,
@@ -61,17 +62,20 @@ METHODS = {  # name -> overrides on top of the run's config
     "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
     "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
                                    "compression.mlp_refit=shrink"],
-    "sequential": ["compression.sequential=true"],  # default + statistics on the compressed layers below
+    # the variants below were measured against the earlier default (curve_scale=residual) and keep it
+    "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
-    "sequential-dense": ["compression.sequential=true", "compression.sequential_target=dense"],
+    "sequential-dense": [*RESIDUAL, "compression.sequential=true", "compression.sequential_target=dense"],
     # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
-    "fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0"],
-    "fisher0.5": ["calibration.fisher=true", "compression.fisher_mix=0.5"],
-    "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe
+    "fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0"],
+    "fisher0.5": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=0.5"],
+    "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
+    "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
     "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
     "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
-    "sequential+fisher": ["calibration.fisher=true", "compression.fisher_mix=1.0", "compression.sequential=true"],
+    "sequential+fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0",
+                          "compression.sequential=true"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],

@@ -67,10 +67,10 @@ class CompressionConfig:
     sequential_target: str = "layer"
     # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
     fisher_mix: float = 0.0
-    # Read by allocation=error only: each module's error in units of residual (E 1/‖h‖², the next norm's view), fisher
-    # (E ‖∂L/∂y‖², the loss's sensitivity to the module's output; needs calibration.fisher) or kl (the same
-    # sensitivity from forward passes: the KL of the outputs under a small perturbation of the module's output)
-    curve_scale: str = "residual"
+    # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
+    # module's output, from forward passes: the KL of the outputs under a small perturbation of it), residual
+    # (E 1/‖h‖², the next norm's view: no probe) or fisher (E ‖∂L/∂y‖², the loss's; needs calibration.fisher)
+    curve_scale: str = "kl"
 
 
 @dataclass
