@@ -44,7 +44,8 @@ def test_fisher_store_holds_both_and_mix_zero_solves_like_the_plain_store(tmp_pa
         solved[label] = load_file(str(layer_file(solve.run(job), 1)))
     for name in solved["plain"]:
         torch.testing.assert_close(solved["fisher0"][name], solved["plain"][name])
-    assert not torch.allclose(solved["fisher1"]["mlp_down"], solved["plain"]["mlp_down"])
+    weighted, plain_down = solved["fisher1"]["mlp_down"], solved["plain"]["mlp_down"]  # widths may differ too
+    assert weighted.shape != plain_down.shape or not torch.allclose(weighted, plain_down)
 
 
 def test_fisher_mix_needs_a_fisher_capture(tmp_path, tiny_model_dirs) -> None:
