@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--max-windows", type=int, default=32, help="first N windows; 0: the whole test split")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--zero-shot", action="store_true", help="also lm-eval zero-shot accuracy (offline tasks)")
+    parser.add_argument("--zero-shot-rates", type=float, nargs="+", default=[],
+                        help="with --zero-shot: only these rates (and dense); default: every rate")
     parser.add_argument("--tasks", nargs="+", default=list(PAPER_TASKS))
     parser.add_argument("--limit", type=int, default=500, help="items per task; 0: the full splits")
     parser.add_argument("--batch-size", type=int, default=None, help="lm-eval batch size (default: eval.batch_size)")
@@ -179,7 +181,7 @@ def main() -> None:
                              seed=cfg.eval.seed, average_metric=cfg.eval.average_metric,
                              request_cache=paths.eval_request_cache(fingerprint))
 
-    def evaluate(model: torch.nn.Module, fingerprint: str) -> dict[str, Any]:
+    def evaluate(model: torch.nn.Module, fingerprint: str, rate: float = 0.0) -> dict[str, Any]:
         # Perplexities are cached by the model's weights themselves (not by where or how they were made) and the
         # windows, so adding a row reruns only it and a moved artifact still hits.
         key = {"model": weights_digest(model), "seq_len": args.seq_len, "max_windows": max_windows, "source": source,
@@ -190,7 +192,8 @@ def main() -> None:
         else:
             ppl = perplexity(model, ids, args.seq_len, max_windows=max_windows)["perplexity"]
             atomic_write_json(cached, {"perplexity": ppl, **key})
-        return {"ppl": ppl, "zero_shot": zero_shot(model, fingerprint)}
+        wanted = not args.zero_shot_rates or rate == 0.0 or rate in args.zero_shot_rates
+        return {"ppl": ppl, "zero_shot": zero_shot(model, fingerprint) if wanted else None}
 
     dense_row = {"method": "dense", "rate": 0.0, "epsilon": None, "params": dense_params, "block_rate": 0.0,
                  "model_rate": 0.0, **evaluate(dense, model_fingerprint(cfg, paths.dense_model))}
@@ -213,7 +216,7 @@ def main() -> None:
         row = {"method": method, "rate": rate, "epsilon": eps if eps is not None else job_cfg.compression.temperature,
                "solver": job_cfg.compression.method, "allocation": job_cfg.compression.allocation,
                "params": params, "block_rate": rates["achieved_block_rate"], "model_rate": rates["achieved_model_rate"],
-               **evaluate(model, read_manifest(solve_dir).fingerprint)}
+               **evaluate(model, read_manifest(solve_dir).fingerprint, rate)}
         if row["zero_shot"] is not None:
             row["retention"] = row["zero_shot"]["average"] / dense_row["zero_shot"]["average"]
             from pipeline.evaluation.zero_shot import task_scores
