@@ -72,6 +72,9 @@ METHODS = {  # name -> overrides on top of the run's config
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
+    # ... with the probe's MLP-output noise shaped like the Type-I error (d·tr(FΣ)/tr Σ in place of tr F)
+    "kl-error-scale": ["compression.curve_scale=kl-error"],
+    "kl-error-scale+sequential": ["compression.curve_scale=kl-error", "compression.sequential=true"],
     "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
     "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
     "sequential+fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0",

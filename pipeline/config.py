@@ -69,7 +69,8 @@ class CompressionConfig:
     fisher_mix: float = 0.0
     # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
     # module's output, from forward passes: the KL of the outputs under a small perturbation of it), residual
-    # (E 1/‖h‖², the next norm's view: no probe) or fisher (E ‖∂L/∂y‖², the loss's; needs calibration.fisher)
+    # (E 1/‖h‖², the next norm's view: no probe) or fisher (E ‖∂L/∂y‖², the loss's; needs calibration.fisher);
+    # kl-error: kl with the probe's MLP-output noise shaped like the Type-I error's covariance (not isotropic)
     curve_scale: str = "kl"
 
 
@@ -113,7 +114,8 @@ SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error")
 SEQUENTIAL_TARGETS = ("layer", "dense")
-CURVE_SCALES = ("residual", "fisher", "kl")
+CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
+PROBED_SCALES = ("kl", "kl-error")  # curve scales from the KL probe (pipeline.capture.sensitivity)
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 
@@ -178,7 +180,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
     # Read only by allocation=error (the error curves' unit), like temperature only by bi.
     _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",
-           k.curve_scale, "residual or kl unless calibration.fisher=true (the store then holds the gradient energies)")
+           k.curve_scale,
+           "residual, kl or kl-error unless calibration.fisher=true (the store then holds the gradient energies)")
     _check(k.sequential_target == "layer" or not k.fisher_mix, "compression.sequential_target", k.sequential_target,
            "layer with compression.fisher_mix > 0 (the cross-correlation the dense target reads is not weighted)")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")

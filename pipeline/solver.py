@@ -27,6 +27,7 @@ from pipeline.modegpt import (
     head_output_energy,
     keep_order,
     kept_dim,
+    mlp_error_covariance,
     nested_mlp_residuals,
     nystrom_mlp,
     qk_error_curve,
@@ -45,6 +46,10 @@ MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
 MASSIVE_RATIO = 1e4
 
+# curve_scale=kl-error: the kept fractions of the MLP width whose Type-I error covariances, averaged, shape the
+# probe's MLP-output noise (a reference, so that one probe serves every rate)
+ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+
 
 @dataclass(frozen=True)
 class SolverSettings:
@@ -54,7 +59,9 @@ class SolverSettings:
     round_to: int = 1
     mlp_selection: str = "leverage"  # leverage (the paper) | greedy (backward elimination on the residual)
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
-    curve_scale: str = "residual"  # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²)
+    # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²) | kl | kl-error (a KL probe's tr F, or
+    # its d · tr(F Σ)/tr Σ with Σ the Type-I error covariance: ``stats["sensitivity"]``)
+    curve_scale: str = "residual"
 
 
 @dataclass
@@ -233,6 +240,28 @@ def solve_modegpt_layer(
     return solution, errors
 
 
+def _min_keep(full: int, max_sparsity: float) -> int:
+    return max(1, math.ceil((1.0 - max_sparsity) * full))
+
+
+def _mlp_keep_order(mlp_corr: Tensor, dense: DenseLayer, corr_down: Tensor, settings: SolverSettings,
+                    max_sparsity: float) -> Tensor:
+    """The MLP columns in the keep order of the error curves (valid down to max_sparsity)."""
+    return keep_order(mlp_corr, dense.down, settings.mlp_selection, _min_keep(mlp_corr.shape[0], max_sparsity),
+                      settings.ridge_lambda, settings.nystrom_ridge, corr_w=corr_down)
+
+
+def mlp_error_reference(stats: dict[str, Tensor], dense: DenseLayer, settings: SolverSettings,
+                        max_sparsity: float) -> Tensor:
+    """[d, d], trace 1 (FP64): the shape of the layer's Type-I output-error covariance, with the error curves'
+    keep order, averaged over ``ERROR_PROBE_FRACTIONS`` of the MLP width (``curve_scale=kl-error``'s probe noise)."""
+    mlp_corr = stats["mlp_gram"] / float(stats["tokens"])
+    corr_down = mlp_corr @ dense.down
+    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
+    return mlp_error_covariance(mlp_corr, dense.down, order, ERROR_PROBE_FRACTIONS, settings.nystrom_ridge,
+                                corr_w=corr_down)
+
+
 def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: BlockShape, settings: SolverSettings,
                         max_sparsity: float) -> dict[str, ModuleCurve]:
     """Each module's output error against its kept width, as a relative change of the residual stream.
@@ -241,7 +270,8 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
     is large. ``settings.curve_scale="fisher"`` scales by E‖∂L/∂y‖² at the module's output instead (the loss's own
     sensitivity, isotropic part: ΔL ≈ ½ E[(gᵀe)²] ≈ ½ E‖g‖² E‖e‖² / d), which also sees how errors propagate through
-    the layers above; ``"kl"`` by the same trace estimated from forward passes (``stats["sensitivity"]``).
+    the layers above; ``"kl"`` by the same trace estimated from forward passes (``stats["sensitivity"]``), and
+    ``"kl-error"`` by that probe with its MLP-output noise shaped like the Type-I error (``mlp_error_reference``).
     Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads
@@ -249,18 +279,14 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
     if settings.curve_scale == "fisher":
         attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
-    elif settings.curve_scale == "kl":  # the caller adds the layer's [attention, MLP] output sensitivities
+    elif settings.curve_scale in ("kl", "kl-error"):  # the caller adds the layer's [attention, MLP] sensitivities
         attn_scale, mlp_scale = (float(s) for s in stats["sensitivity"])
     else:
         attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
 
-    def floor(full: int) -> int:
-        return max(1, math.ceil((1.0 - max_sparsity) * full))
-
     full_mlp = shape.intermediate_size
     corr_down = mlp_corr @ dense.down
-    order = keep_order(mlp_corr, dense.down, settings.mlp_selection, floor(full_mlp), settings.ridge_lambda,
-                       settings.nystrom_ridge, corr_w=corr_down)
+    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
     mlp_err = nested_mlp_residuals(mlp_corr, dense.down, order, settings.nystrom_ridge, corr_w=corr_down)
     widths = torch.arange(full_mlp + 1, device=mlp_err.device)
     mlp_err = torch.where(widths % settings.round_to == 0, mlp_err, torch.full_like(mlp_err, math.inf))
@@ -273,7 +299,7 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     curves = {}
     for name, err, scale in (("mlp", mlp_err, mlp_scale), ("qk", qk_err, attn_scale), ("vo", vo_err, attn_scale)):
         full = err.numel() - 1
-        keep_min = floor(full) if name in shape.compressible else full
+        keep_min = _min_keep(full, max_sparsity) if name in shape.compressible else full
         if name == "qk" and heads.rope:
             keep_min = min(full, keep_min + keep_min % 2)
         curves[name] = ModuleCurve(error=(err * scale).cpu(), unit_params=params[name], min_keep=keep_min)

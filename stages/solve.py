@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,28 @@ from pipeline.artifacts import (
 from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
-from pipeline.capture.sensitivity import POSITIONS, PROBE_VERSION, RELATIVE_NOISE, SEQUENCES, output_sensitivity
+from pipeline.capture.sensitivity import (
+    POSITIONS,
+    PROBE_VERSION,
+    RELATIVE_NOISE,
+    SEQUENCES,
+    noise_factor,
+    output_sensitivity,
+)
+from pipeline.config import PROBED_SCALES
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
-from pipeline.solver import SolverSettings
+from pipeline.solver import ERROR_PROBE_FRACTIONS, SolverSettings
 
 log = logging.getLogger(__name__)
 
 CURVES_VERSION = 1  # bump when module_error_curves changes what it computes
+# curve_scale=kl-error keeps every layer's probe-noise factor in memory between probe batches while they take at
+# most this much (d² float32 per layer: SmolLM2 40 MB); above it (70B models: 21 GB) each batch recomputes them
+NOISE_FACTOR_CACHE_BYTES = 1 << 30
 
 
 def run(cfg: Any, rate: float | None = None) -> Path:
@@ -180,7 +191,8 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
            **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
            # the probe's noise is drawn batch by batch: the batch size changes the draws
            **({"kl_probe": [SEQUENCES, POSITIONS, RELATIVE_NOISE, cfg.calibration.batch_size, PROBE_VERSION]}
-              if k.curve_scale == "kl" else {}),
+              if k.curve_scale in PROBED_SCALES else {}),
+           **({"error_probe_fractions": list(ERROR_PROBE_FRACTIONS)} if k.curve_scale == "kl-error" else {}),
            **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
                                                  "mlp_selection")}}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
@@ -188,8 +200,11 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
     sensitivity = None
-    if k.curve_scale == "kl":
-        sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device)
+    if k.curve_scale in PROBED_SCALES:
+        factors = (_mlp_noise_factors(cfg, store, adapter, method, settings, device)
+                   if k.curve_scale == "kl-error" else None)
+        sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
+                                         mlp_noise_factor=factors)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
     with contextlib.closing(layers):
@@ -203,6 +218,30 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     with atomic_path(path) as tmp:
         save_file(curves_to_tensors(curves), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
     return curves
+
+
+def _mlp_noise_factors(cfg: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,
+                       device: torch.device) -> Callable[[int], torch.Tensor]:
+    """curve_scale=kl-error: layer l's MLP-output noise factor for the probe, from its Type-I error covariance (the
+    store's MLP correlation, the dense down projection and the error curves' keep order), made when asked."""
+    k = cfg.compression
+    d = adapter.block_shape().hidden_size
+    keep = adapter.num_layers * d * d * 4 <= NOISE_FACTOR_CACHE_BYTES
+    cache: dict[int, torch.Tensor] = {}
+
+    def factor(index: int) -> torch.Tensor:
+        if index in cache:
+            return cache[index]
+        sums = store.read_layer(index, verify=cfg.verify_store,
+                                names=None if k.fisher_mix else ("mlp_gram", "tokens"))
+        covariance = method.mlp_error_reference(adapter.layer(index), adapter, fisher_mixed(sums, k.fisher_mix),
+                                                settings, k.max_sparsity, device)
+        result = noise_factor(covariance).cpu()
+        if keep:
+            cache[index] = result
+        return result
+
+    return factor
 
 
 def _plan(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method, target_rate: float,

@@ -12,13 +12,18 @@ output and its MLP output perturbed, on the clean input). After the last block e
 distribution is compared with the clean one, a slice of positions at a time, so the vocabulary-sized logits of one
 slice are the largest tensor. Cost: about layers² block passes over the probe (the first 512 positions of the first
 8 sequences); memory: 2·layers + 1 hidden states of one batch.
+
+Shaped noise (curve_scale=kl-error): given a factor L̂ of a covariance Σ̂ normalised to trace d (``noise_factor``),
+the MLP output's noise is σ · z L̂ᵀ, z the same isotropic draws, and 2·E[KL]/σ² = tr(F Σ̂) = d · tr(F Σ)/tr Σ: still
+tr F where Σ ∝ I, so the units do not change. A factor is asked for when its block is reached (once per batch),
+never all layers' at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,17 +55,33 @@ class _Stream:
     hidden: torch.Tensor
 
 
-def _perturbing(linear: Any, relative_noise: float, generator: torch.Generator, sigma: list[float]) -> Any:
+def noise_factor(covariance: torch.Tensor) -> torch.Tensor:
+    """[d, d] float32 L̂ with L̂ L̂ᵀ = Σ̂ = covariance · d / tr(covariance): the symmetric square root (eigenvalues
+    clipped at 0, so a rank-deficient covariance is fine), for ``output_sensitivity``'s ``mlp_noise_factor``."""
+    cov = covariance.double()
+    cov = 0.5 * (cov + cov.T)
+    trace = float(torch.trace(cov))
+    if not trace > 0:
+        raise ValueError(f"a noise covariance needs a positive trace, got {trace}")
+    evals, evecs = torch.linalg.eigh(cov * (cov.shape[0] / trace))
+    return ((evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T).float()
+
+
+def _perturbing(linear: Any, relative_noise: float, generator: torch.Generator, sigma: list[float],
+                factor: torch.Tensor | None = None) -> Any:
     """A forward hook adding N(0, σ²) noise to ``linear``'s output, σ = relative_noise × its RMS (appended to
-    ``sigma``). The noise is drawn on the CPU generator so every device sees the same draws."""
+    ``sigma``); with ``factor`` L̂ ([d, d]) the noise is z L̂ᵀ, of covariance σ² L̂ L̂ᵀ. The isotropic draws z come
+    from the CPU generator so every device sees the same draws."""
     _, cols = output_source(linear)
 
     def perturb(m: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
         part = out[..., cols]
         sigma.append(relative_noise * float(part.float().square().mean().sqrt()))
-        noise = torch.randn(part.shape, generator=generator, dtype=torch.float32) * sigma[-1]
+        noise = (torch.randn(part.shape, generator=generator, dtype=torch.float32) * sigma[-1]).to(out.device)
+        if factor is not None:
+            noise = noise @ factor.to(out.device, torch.float32).T
         out = out.clone()
-        out[..., cols] += noise.to(out.device, out.dtype)
+        out[..., cols] += noise.to(out.dtype)
         return out
 
     return perturb
@@ -115,8 +136,12 @@ class _Head:
         return F.log_softmax(logits.double(), dim=-1)
 
 
+NoiseFactor = Callable[[int], torch.Tensor | None]  # layer -> L̂ of its MLP output's noise (None: isotropic)
+
+
 def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.device, relative_noise: float,
-                 generator: torch.Generator, totals: torch.Tensor) -> None:
+                 generator: torch.Generator, totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None = None
+                 ) -> None:
     """Add one batch's 2·Σ_t KL / σ² per module to ``totals``."""
     model, blocks, layers = adapter.model, adapter.decoder_layers(), adapter.layers()
     clean, kwargs = adapter.block_inputs(batch)
@@ -127,10 +152,13 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
         block.to(device)
         for stream in streams:
             stream.hidden = adapter.run_block(block, stream.hidden, kwargs)
+        # Only the MLP output's noise may be shaped: attention's stays isotropic (at the rates measured the
+        # module budget keeps attention whole, so its curves' scale hardly matters).
+        factors = (None, None if mlp_noise_factor is None else mlp_noise_factor(index))
         for site, linear in enumerate((layers[index].o_proj, layers[index].down_proj)):
             sigma: list[float] = []
             handle = output_source(linear)[0].register_forward_hook(
-                _perturbing(linear, relative_noise, generator, sigma))
+                _perturbing(linear, relative_noise, generator, sigma, factors[site]))
             try:
                 hidden = adapter.run_block(block, clean, kwargs)
             finally:
@@ -151,10 +179,13 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
 @torch.no_grad()
 def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
                        sequences: int = SEQUENCES, positions: int = POSITIONS, relative_noise: float = RELATIVE_NOISE,
-                       seed: int = 0) -> torch.Tensor:
+                       seed: int = 0, mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
     0) and MLP output (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences``
-    calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was."""
+    calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was.
+
+    ``mlp_noise_factor(l)``, if given, is asked for layer l's L̂ ([d, d], L̂ L̂ᵀ of trace d: ``noise_factor``) each
+    time block l is reached; the MLP output's noise is then shaped by it (None: isotropic)."""
     generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
     probe = input_ids[:sequences, :positions]
@@ -162,7 +193,7 @@ def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_siz
     adapter.move_non_layer_modules(device)
     try:
         for batch in tqdm(probe.split(batch_size), desc="output sensitivity", unit="batch", disable=None):
-            _probe_batch(adapter, batch.to(device), device, relative_noise, generator, totals)
+            _probe_batch(adapter, batch.to(device), device, relative_noise, generator, totals, mlp_noise_factor)
     finally:
         adapter.move_non_layer_modules(home)
     tokens = probe.numel()

@@ -27,6 +27,8 @@ from pipeline.modegpt.mlp import (
 from pipeline.modegpt.profile import (
     greedy_keep_order,
     head_output_energy,
+    mlp_error_covariance,
+    mlp_error_covariances,
     nested_mlp_residuals,
     qk_error_curve,
     vo_rank_residuals,
@@ -44,6 +46,8 @@ __all__ = [
     "greedy_keep_order",
     "head_output_energy",
     "keep_order",
+    "mlp_error_covariance",
+    "mlp_error_covariances",
     "nested_mlp_residuals",
     "qk_error_curve",
     "vo_rank_residuals",

@@ -31,6 +31,13 @@ def test_every_model_config_composes(model: str) -> None:
     assert cfg.model.name == model
 
 
+@pytest.mark.parametrize("scale", ["residual", "kl", "kl-error"])
+def test_every_curve_scale_without_fisher_sums_composes(scale: str) -> None:
+    cfg = compose_config([f"compression.curve_scale={scale}"])
+    validate(cfg)
+    assert cfg.compression.curve_scale == scale
+
+
 def test_paper_calibration_is_one_override_away() -> None:
     cfg = compose_config(["calibration=paper"])
     assert (cfg.calibration.num_samples, cfg.calibration.seq_len) == (128, 2048)
@@ -42,6 +49,7 @@ def test_paper_calibration_is_one_override_away() -> None:
         ("compression.rate=1.5", "compression.rate"),
         ("compression.rate=-0.1", "compression.rate"),
         ("compression.allocation=random", "compression.allocation"),
+        ("compression.curve_scale=bogus", "compression.curve_scale"),
         ("calibration.num_samples=0", "calibration.num_samples"),
         ("calibration.source=books", "calibration.source"),
         ("device=tpu", "device"),

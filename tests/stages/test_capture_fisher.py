@@ -69,7 +69,7 @@ def test_fisher_and_kl_curve_scales_change_the_module_budget(tmp_path, tiny_mode
 
     _run(tmp_path, tiny_model_dirs, **{"calibration.fisher": "true"})
     plans = {}
-    for scale in ("residual", "fisher", "kl"):
+    for scale in ("residual", "fisher", "kl", "kl-error"):
         cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
             "calibration.fisher": "true", "compression.curve_scale": scale, "compression.rate": 0.3}))
         validate(cfg)
@@ -77,7 +77,8 @@ def test_fisher_and_kl_curve_scales_change_the_module_budget(tmp_path, tiny_mode
         plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
         assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
     assert plans["residual"] != plans["fisher"] and plans["residual"] != plans["kl"]
-    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 3  # one per scale
+    assert plans["kl-error"] != plans["kl"]  # the shaped probe weighs the MLPs differently
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 4  # one per scale
 
 
 def test_fisher_curve_scale_needs_fisher_sums(tmp_path, tiny_model_dirs) -> None:

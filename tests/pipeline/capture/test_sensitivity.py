@@ -1,4 +1,5 @@
-"""Forward-only output sensitivity (curve_scale=kl) against the exact trace of the model's own Fisher."""
+"""Forward-only output sensitivity (curve_scale=kl) against the exact trace of the model's own Fisher, and with
+shaped MLP-output noise (curve_scale=kl-error) against the exact tr(F Σ)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 
 from pipeline.adapters import adapter_for, output_source, tiny_model_types
 from pipeline.capture import sensitivity
-from pipeline.capture.sensitivity import RELATIVE_NOISE, output_sensitivity
+from pipeline.capture.sensitivity import RELATIVE_NOISE, noise_factor, output_sensitivity
 from pipeline.tiny import random_model, tiny_config
 
 MODEL_TYPES = tiny_model_types()
@@ -31,20 +32,25 @@ def _logits_with_output(model: torch.nn.Module, linear: torch.nn.Module, seq: to
         handle.remove()
 
 
-def _exact_fisher_trace(model: torch.nn.Module, linear: torch.nn.Module) -> float:
-    """Σ_positions tr(Jᵀ (diag p − p pᵀ) J) / tokens, J = ∂logits/∂(the linear's output), by autograd."""
+def _exact_fisher(model: torch.nn.Module, linear: torch.nn.Module) -> torch.Tensor:
+    """[d, d]: Σ_t Σ_s J_tsᵀ (diag p_t − p_t p_tᵀ) J_ts / tokens, J_ts = ∂logits_t/∂(the linear's output at s), by
+    autograd: the Fisher an output perturbation of the same covariance at every position sees (its trace: tr F)."""
     total = 0.0
     for seq in IDS:
         with torch.no_grad():
             logits, y0 = _logits_with_output(model, linear, seq, None)
         jac = torch.autograd.functional.jacobian(lambda y, s=seq: _logits_with_output(model, linear, s, y)[0], y0)
         length, vocab = jac.shape[:2]
-        jac = jac.reshape(length, vocab, -1).double()
+        jac = jac.reshape(length, vocab, length, -1).double()
         p = F.softmax(logits.double(), dim=-1)
         for t in range(length):
             h = torch.diag(p[t]) - torch.outer(p[t], p[t])
-            total += float(torch.trace(jac[t].T @ h @ jac[t]))
+            total = total + torch.einsum("vsa,vw,wsb->ab", jac[t], h, jac[t])
     return total / IDS.numel()
+
+
+def _exact_fisher_trace(model: torch.nn.Module, linear: torch.nn.Module) -> float:
+    return float(torch.trace(_exact_fisher(model, linear)))
 
 
 def test_kl_probe_estimates_the_fisher_trace() -> None:
@@ -104,3 +110,45 @@ def test_the_probe_reads_the_first_positions_of_the_first_sequences() -> None:
     cut = output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, positions=5, seed=1)
     torch.testing.assert_close(cut, output_sensitivity(adapter, ids[:2, :5], 2, torch.device("cpu"), seed=1))
     assert not torch.allclose(cut, output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, seed=1))
+
+
+def test_an_identity_noise_factor_changes_nothing() -> None:
+    adapter = adapter_for(random_model(tiny_config("llama"), seed=0).eval())
+    d = adapter.block_shape().hidden_size
+    plain = output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=5)
+    shaped = output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=5,
+                                mlp_noise_factor=lambda layer: torch.eye(d))
+    assert torch.equal(plain, shaped)
+
+
+def test_noise_factor_is_a_root_of_the_covariance_scaled_to_trace_d() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    cov = x.T @ x  # rank 5 of 8
+    root = noise_factor(cov).double()
+    torch.testing.assert_close(root @ root.T, cov * 8 / torch.trace(cov), rtol=1e-4, atol=1e-5)
+
+
+def test_shaped_mlp_noise_measures_the_fisher_along_its_covariance() -> None:
+    """MLP-output noise confined to the top quarter of F's eigenvectors (a non-symmetric factor L̂, so z L̂ᵀ and
+    z L̂ would differ): the probe gives d · tr(F Σ)/tr Σ, far above tr F; every other module's value is unchanged."""
+    model = random_model(tiny_config("llama"), seed=0)
+    adapter = adapter_for(model)
+    layer, linear = 1, adapter.layer(1).down_proj
+    fisher = _exact_fisher(model, linear)
+    d = fisher.shape[0]
+    rank = d // 4
+    top = torch.linalg.eigh(fisher).eigenvectors[:, -rank:]
+    rows = torch.linalg.qr(torch.randn(d, rank, generator=torch.Generator().manual_seed(1), dtype=torch.float64))[0].T
+    factor = ((d / rank) ** 0.5 * top @ rows).float()  # L̂ L̂ᵀ = (d / rank) · top topᵀ, trace d
+    exact = float(torch.trace(fisher @ factor.double() @ factor.double().T))
+    assert exact > 1.5 * float(torch.trace(fisher))
+    cpu = torch.device("cpu")
+    plain = [output_sensitivity(adapter, IDS, 2, cpu, sequences=2, seed=s) for s in range(40)]
+    shaped = [output_sensitivity(adapter, IDS, 2, cpu, sequences=2, seed=s,
+                                 mlp_noise_factor=lambda i: factor if i == layer else None) for s in range(40)]
+    ratio = float(torch.stack(shaped).mean(0)[layer, 1]) / exact
+    assert abs(ratio - 1) < 0.15, ratio
+    for p, q in zip(plain, shaped, strict=True):
+        q[layer, 1] = p[layer, 1]
+        assert torch.equal(p, q)
