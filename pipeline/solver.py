@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
+from pipeline.config import PROBED_SCALES
 from pipeline.modegpt import (
     F64,
     MlpSolution,
@@ -279,7 +280,7 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
     if settings.curve_scale == "fisher":
         attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
-    elif settings.curve_scale in ("kl", "kl-error"):  # the caller adds the layer's [attention, MLP] sensitivities
+    elif settings.curve_scale in PROBED_SCALES:  # the caller adds the layer's [attention, MLP] sensitivities
         attn_scale, mlp_scale = (float(s) for s in stats["sensitivity"])
     else:
         attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
