@@ -1,7 +1,8 @@
 """Methods x rates at equal parameter count: WikiText-2 perplexity and (optionally) zero-shot accuracy ± stderr.
 
 Runs the pipeline's own stages (prepare, tokenize, capture once, solve per rate and method), builds each
-compressed model in memory and prints one Markdown table; JSON goes to outputs/benchmarks/quality.json.
+compressed model in memory and prints one Markdown table; JSON goes to outputs/benchmarks/quality.json and a plot
+of perplexity against the achieved rate, one line per method, to quality.png beside it.
 
     .venv/bin/python benchmarks/quality.py                                   # perplexity, 32 windows, every method
     .venv/bin/python benchmarks/quality.py --zero-shot                       # + 500 items per task (hours on CPU)
@@ -42,6 +43,7 @@ from pipeline.artifacts import fingerprint as fingerprint_of
 from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
+from pipeline.evaluation.plots import plot_vs_rate
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
 from pipeline.evaluation.retention import margin_retention
 from pipeline.evaluation.tasks import PAPER_TASKS
@@ -140,6 +142,17 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         print(f"| {r['method']} | {r['rate']:g} | {eps} | {r['block_rate']:.1%} | {r['params'] / 1e6:.1f}M | "
               f"{r['ppl']:.2f} | {_pm(zs.get('average'), zs.get('average_stderr'))} | "
               f"{_ratio(r.get('retention'))} | {_ratio(r.get('margin_retention'))} |")
+
+
+def plot_rows(rows: list[dict[str, Any]], temperature: float, out: Path, title: str) -> None:
+    """Perplexity against the achieved block rate, one line per method (an ε-sweep row is its own series)."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in rows[1:]:
+        eps = r["epsilon"]
+        name = r["method"] if eps is None or eps == temperature else f"{r['method']} (eps {eps:g})"
+        series.setdefault(name, []).append((r["block_rate"], r["ppl"]))
+    plot_vs_rate(series, "WikiText-2 perplexity", out, reference=rows[0]["ppl"], log_y=True, title=title,
+                 xlabel="decoder-block parameters removed (achieved)", size=(7, 4.5))
 
 
 def main() -> None:
@@ -250,7 +263,9 @@ def main() -> None:
     atomic_write_json(out, {"source": source, "windows": n_windows, "seq_len": args.seq_len, "limit": limit,
                             "tasks": args.tasks if args.zero_shot else [], "calibration": paths.calibration_key,
                             "model": cfg.model.name, "rows": rows})
-    print(f"\nwritten {out}")
+    plot_rows(rows, cfg.compression.temperature, out.with_suffix(".png"),
+              f"{cfg.model.name}, calibration {paths.calibration_key}, {n_windows} windows of {args.seq_len}")
+    print(f"\nwritten {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

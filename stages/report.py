@@ -15,12 +15,12 @@ from pipeline.artifacts import (
     PLAN,
     ArtifactError,
     ArtifactPaths,
-    atomic_path,
     atomic_write_text,
     read_json,
     remove_stale_temps,
 )
 from pipeline.config import TEMPERATURE_ALLOCATIONS
+from pipeline.evaluation.plots import figure, plot_vs_rate, save
 
 log = logging.getLogger(__name__)
 
@@ -109,53 +109,17 @@ def evaluation_extent(rows: list[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
-def _figure(ncols: int = 1, size: tuple[float, float] = (6, 4), **kwargs: Any) -> tuple[Any, Any]:
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(1, ncols, figsize=size, **kwargs)
-
-
-def _save(fig: Any, out: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-
-
 def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
-    fig, ax = _figure()
     dense = [r for r in rows if _is_reference(r) and value(r) is not None]
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
         if not _is_reference(r) and value(r) is not None:
             series.setdefault(_series_name(r), []).append((r["rate"], value(r)))
-    for name, points in sorted(series.items()):
-        xs, ys = zip(*sorted(points), strict=True)
-        ax.plot(xs, ys, marker="o", label=name)
-    if dense:
-        ax.axhline(value(dense[0]), color="gray", linestyle="--", label="dense")
-    ax.set_xlabel("target compression rate (decoder-block parameters removed)")
-    ax.set_ylabel(ylabel)
-    if log_y:
-        from matplotlib.ticker import LogLocator, ScalarFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
-        ax.yaxis.set_minor_formatter(ScalarFormatter())
-        ax.tick_params(axis="y", which="minor", labelsize=7)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, out)
+    plot_vs_rate(series, ylabel, out, reference=value(dense[0]) if dense else None, log_y=log_y)
 
 
 def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path) -> None:
-    fig, axes = _figure(3, (13, 3.8), sharey=True)
+    fig, axes = figure(3, (13, 3.8), sharey=True)
     for r in sorted((r for r in rows if not _is_reference(r)), key=lambda r: (_series_name(r), r["rate"])):
         plan_path = paths.solves / r["tag"] / PLAN
         if not plan_path.exists():
@@ -170,7 +134,7 @@ def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path)
             ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("fraction of the dense dimension kept")
     axes[-1].legend(fontsize=7)
-    _save(fig, out)
+    save(fig, out)
 
 
 def run(cfg: Any) -> Path:
