@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -199,12 +200,8 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
-    sensitivity = None
-    if k.curve_scale in PROBED_SCALES:
-        factors = (_mlp_noise_factors(cfg, store, adapter, method, settings, device)
-                   if k.curve_scale == "kl-error" else None)
-        sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
-                                         mlp_noise_factor=factors)
+    sensitivity = (_output_sensitivity(cfg, store, store_fingerprint, adapter, method, settings, device, key)
+                   if k.curve_scale in PROBED_SCALES else None)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
     with contextlib.closing(layers):
@@ -218,6 +215,33 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     with atomic_path(path) as tmp:
         save_file(curves_to_tensors(curves), str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
     return curves
+
+
+def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
+                        settings: SolverSettings, device: torch.device, curves_key: dict[str, Any]) -> torch.Tensor:
+    """The KL probe's [layers, 2] sensitivities, in a file of their own. The isotropic probe (``kl``) depends on the
+    calibration tokens and the model only (the store's fingerprint), so every solver setting under it (selection,
+    ridges, refit, floors) reuses one probe, the dearest part of the curves; the shaped probe (``kl-error``) also
+    depends on what shapes its noise, so it is keyed like the curves themselves."""
+    k = cfg.compression
+    key = (curves_key if k.curve_scale == "kl-error"
+           else {"store": store_fingerprint, "curve_scale": k.curve_scale, "kl_probe": curves_key["kl_probe"]})
+    path = ArtifactPaths(cfg).output_sensitivity(fingerprint(key))
+    made_for = json.dumps(key, sort_keys=True)
+    if path.exists():
+        with safe_open(str(path), "pt") as handle:
+            matches = (handle.metadata() or {}).get("key") == made_for
+            sensitivity = handle.get_tensor("sensitivity")
+        if matches and sensitivity.shape == (adapter.num_layers, 2):
+            log.info("reusing the KL probe's sensitivities %s", path)
+            return sensitivity
+        log.warning("%s was made for another store or probe setting: probing again", path)
+    factors = _mlp_noise_factors(cfg, store, adapter, method, settings, device) if k.curve_scale == "kl-error" else None
+    sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
+                                     mlp_noise_factor=factors)
+    with atomic_path(path) as tmp:
+        save_file({"sensitivity": sensitivity.contiguous()}, str(tmp), metadata={"key": made_for})
+    return sensitivity
 
 
 def _mlp_noise_factors(cfg: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,

@@ -33,7 +33,8 @@ SHOWN = {"prepare": ("source", "gguf_file"), "tokenize": ("source", "path", "num
 FIXED = {"cache/eval-requests": ("cache", "lm-eval request answers"), "logs": ("logs", "Hydra job logs")}
 TEMP = re.compile(r"\..+\.(tmp|old-\d+)")  # atomic_dir's and atomic_path's temp names
 VALUE_WIDTH = 40
-CURVES = re.compile(r"curves-[0-9a-f]+\.safetensors")  # ArtifactPaths.module_curves: a file beside the solves
+# ArtifactPaths.module_curves and .output_sensitivity: files beside the solves, shared by every rate
+SOLVE_FILES = re.compile(r"(curves|sensitivity)-[0-9a-f]+\.safetensors")
 
 
 @dataclass
@@ -103,16 +104,19 @@ def _entry(d: Path, rel: str, key: str, files: list[str], is_store: bool) -> Ent
     return None
 
 
-def _curves_entry(f: Path, key: str) -> Entry:
-    """A module-error-curves file (allocation=error), labelled with the store and solver setting it was made for."""
+def _solve_file_entry(f: Path, key: str) -> Entry:
+    """A module-error-curves or KL-probe file (allocation=error), labelled with the store and setting it was made
+    for."""
     from safetensors import safe_open
 
     produced = ""
     with contextlib.suppress(Exception):
         with safe_open(str(f), "pt") as handle:
             made_for = json.loads((handle.metadata() or {}).get("key", "{}"))
-        produced = " ".join(f"{k}={_value(made_for[k])}" for k in ("store", "method", "mlp_selection") if k in made_for)
-    return Entry(f, key, "curves", "complete", f.stat().st_size, produced)
+        produced = " ".join(f"{k}={_value(made_for[k])}" for k in ("store", "method", "mlp_selection", "curve_scale")
+                            if k in made_for)
+    kind = f.name.split("-", 1)[0]
+    return Entry(f, key, kind, "complete", f.stat().st_size, produced)
 
 
 def scan(cfg: Any) -> list[Entry]:
@@ -144,7 +148,7 @@ def scan(cfg: Any) -> list[Entry]:
                 entries.append(entry)
                 dirnames.clear()
             elif not is_store:
-                entries += [_curves_entry(d / f, f"{key}/{f}") for f in sorted(files) if CURVES.fullmatch(f)]
+                entries += [_solve_file_entry(d / f, f"{key}/{f}") for f in sorted(files) if SOLVE_FILES.fullmatch(f)]
     return sorted(entries, key=lambda e: e.key)
 
 
@@ -267,7 +271,7 @@ def collect_garbage(cfg: Any, names: list[str], dry_run: bool = False) -> list[s
         if all(_abs(e.path) != path for e in inside):
             lines.append(f"{verb} the directory {path} that holds them")
         if not dry_run:
-            if path.is_file():  # a curves file
+            if path.is_file():  # a curves or sensitivity file
                 path.unlink()
             else:
                 shutil.rmtree(path)

@@ -11,7 +11,8 @@ names: a stage whose code changed refuses its old artifact in place (``overwrite
                                                       <C> = <calibration>-<N>x<L>-seed<S>-<h(config, text, weights)>
     <store_root>/<M>/<C>-<dtype>/                     capture: the Zarr correlation store
     <root>/<M>/<C>-<dtype>/solve/<tag>/plan.json      solve, with layers/NNNNN.safetensors; <tag>: method, allocation,
-                                                      rate, h(solver keys)
+                                                      rate, h(solver keys); beside the tags, curves-<h>.safetensors
+                                                      and sensitivity-<h>.safetensors (allocation=error, every rate)
     <root>/<M>/<C>-<dtype>/compressed/<tag>/          assemble: a from_pretrained checkpoint
     <root>/<M>/<C>-<dtype>/eval/<eval tag>/<tag>/metrics.json and <root>/<M>/eval/<eval tag>/dense/
     <root>/<M>/<C>-<dtype>/metrics/r<rate>.json       the latest metrics of one rate
@@ -162,6 +163,11 @@ class ArtifactPaths:
     def module_curves(self, key: str) -> Path:
         """Module error curves of one store and solver setting (``compression.allocation=error``), shared by rates."""
         return self.solves / f"curves-{key[:12]}.safetensors"
+
+    def output_sensitivity(self, key: str) -> Path:
+        """The KL probe's per-module sensitivities of one store and probe setting (``curve_scale=kl``, ``kl-error``),
+        shared by every solver setting whose curves they scale."""
+        return self.solves / f"sensitivity-{key[:12]}.safetensors"
 
     def solve(self, rate: float | None = None) -> Path:
         return self.solves / self.compression_tag(rate)

@@ -73,3 +73,34 @@ def test_module_curves_are_computed_once_per_store_and_shared_by_rates(tmp_path,
     monkeypatch.undo()
     solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
     assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2
+
+
+def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    overrides = tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+        "compression.allocation": "error", "compression.curve_scale": "kl"})
+    cfg = compose_config(overrides)
+    tokenize.run(cfg)
+    capture.run(cfg)
+    solve.run(cfg)
+    solves = ArtifactPaths(cfg).solves
+    (probe,) = solves.glob("sensitivity-*.safetensors")
+    probed = load_file(str(probe))["sensitivity"]
+    calls = []
+    real = solve.output_sensitivity
+    monkeypatch.setattr(solve, "output_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    # New curves (the selection and the ridge change them), the same probe: it reads tokens and the model only.
+    solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
+    solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))
+    assert calls == [] and len(list(solves.glob("curves-*.safetensors"))) == 3
+    # The shaped probe depends on the keep order: a probe of its own.
+    solve.run(compose_config([*overrides, "compression.curve_scale=kl-error"]))
+    assert len(calls) == 1 and len(list(solves.glob("sensitivity-*.safetensors"))) == 2
+    # A probe file made for something else is detected and probed again, never reused.
+    save_file({"sensitivity": probed}, str(probe), metadata={"key": "{}"})
+    solve.run(compose_config([*overrides, "compression.eig_floor=1e-7"]))
+    assert len(calls) == 2
+    with safe_open(str(probe), "pt") as handle:
+        assert handle.metadata()["key"] != "{}"
