@@ -72,6 +72,8 @@ METHODS = {  # name -> overrides on top of the run's config
     "fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0"],
     "fisher0.5": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=0.5"],
     "greedy": ["compression.mlp_selection=greedy"],  # the default with residual-minimising Type-I selection
+    "energy": ["compression.mlp_selection=energy"],  # ... with the columns of most output energy C_jj·‖W_D,j‖²
+    "residual-scale+energy": [*RESIDUAL, "compression.mlp_selection=energy"],
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],

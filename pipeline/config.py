@@ -57,7 +57,8 @@ class CompressionConfig:
     nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
     eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
     round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
-    mlp_selection: str = "leverage"  # Type-I columns: leverage (the paper) | greedy (residual elimination)
+    # Type-I columns: leverage (the paper) | greedy (residual elimination) | energy (C_jj·‖W_D,j‖², no cross terms)
+    mlp_selection: str = "leverage"
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.

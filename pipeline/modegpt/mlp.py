@@ -20,7 +20,7 @@ from pipeline.modegpt._linalg import (
 )
 from pipeline.modegpt.profile import greedy_keep_order
 
-SELECTIONS = ("leverage", "greedy")  # Type-I column selection rules
+SELECTIONS = ("leverage", "greedy", "energy")  # Type-I column selection rules
 REFITS = ("paper", "shrink")  # Type-I down-projection refit: ridge toward 0 (the paper) or toward the dense rows
 
 
@@ -113,11 +113,24 @@ def leverage_keep_order(corr: Tensor, ridge_lambda: float) -> Tensor:
     return torch.argsort(ridge_leverage_scores(corr, ridge_lambda), descending=True, stable=True)
 
 
+def energy_keep_order(corr: Tensor, w_down: Tensor) -> Tensor:
+    """All columns by descending output energy alone, C_jj·‖W_D,j‖² (ties to the lower index).
+
+    Why: it is the Nyström residual of dropping column j with the cross terms left out, so it sees W_D like the
+    greedy elimination but fits nothing to the calibration's correlations between units; with uncorrelated units
+    (diagonal C) it is exactly the best subset (tests/pipeline/modegpt/test_mlp.py)."""
+    _check_mlp(corr, w_down)
+    energy = torch.diagonal(as_f64(corr)).clamp_min(0.0) * as_f64(w_down).square().sum(dim=1)
+    return torch.argsort(energy, descending=True, stable=True)
+
+
 def keep_order(corr: Tensor, w_down: Tensor, selection: str, min_keep: int, ridge_lambda: float,
                nystrom_ridge: float, corr_w: Tensor | None = None) -> Tensor:
     """Every column in keep-priority order under a selection rule (valid for kept widths ≥ min_keep)."""
     if selection == "greedy":
         return greedy_keep_order(corr, w_down, min_keep, nystrom_ridge, corr_w)
+    if selection == "energy":
+        return energy_keep_order(corr, w_down)
     return leverage_keep_order(corr, ridge_lambda)
 
 
@@ -173,7 +186,8 @@ def nystrom_mlp(
 
     ``selection="leverage"`` (the paper): the top ridge leverage scores of C. ``"greedy"``: the columns that
     backward elimination on the Nyström residual itself keeps (``pipeline.modegpt.profile.greedy_keep_order``),
-    which also sees W_D. ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
+    which also sees W_D; ``"energy"``: the top C_jj·‖W_D,j‖² (``energy_keep_order``). ρ = nystrom_ridge ·
+    mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
     (the ridge would otherwise perturb an exact solution). ``corr_w`` = C W_D, if the caller has it anyway
     (the right-hand side C_J: W_D is then its rows J, not a second product). ``refit="shrink"`` ridges the refit
     toward the dense rows instead of toward 0, by keep/tokens relative (``tokens``: the calibration's count).
@@ -199,6 +213,8 @@ def nystrom_mlp(
     leverage_eigh = False
     if selection == "greedy":
         index = torch.sort(greedy_keep_order(c, w, keep, nystrom_ridge, corr_w)[:keep]).values
+    elif selection == "energy":
+        index = torch.sort(energy_keep_order(c, w)[:keep]).values
     else:
         scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
         index = stable_top_indices(scores, keep)
