@@ -43,8 +43,8 @@ from pipeline.artifacts import fingerprint as fingerprint_of
 from pipeline.assembly import build_compressed_model, count_parameters
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
-from pipeline.evaluation.plots import plot_vs_rate
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.evaluation.plots import plot_vs_rate
 from pipeline.evaluation.retention import margin_retention
 from pipeline.evaluation.tasks import PAPER_TASKS
 from pipeline.methods import method_named
