@@ -104,3 +104,29 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     assert len(calls) == 2
     with safe_open(str(probe), "pt") as handle:
         assert handle.metadata()["key"] != "{}"
+
+
+def test_energy_selection_keeps_the_columns_of_most_output_energy(tmp_path, tiny_model_dirs) -> None:
+    import torch
+
+    from pipeline.adapters import adapter_for
+    from pipeline.dense import load_model
+    from pipeline.modegpt import energy_keep_order
+    from pipeline.readers import load_solution, open_store
+
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+        "compression.allocation": "error", "compression.mlp_selection": "energy", "compression.rate": 0.3}))
+    tokenize.run(cfg)
+    capture.run(cfg)
+    solve.run(cfg)
+    plans, solutions, _ = load_solution(cfg)
+    store, _ = open_store(cfg)
+    adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), "llama")
+    cut = [i for i, p in enumerate(plans) if p.mlp_width < adapter.block_shape().intermediate_size]
+    assert cut, "the budget cut no MLP: nothing to check"
+    for i in cut:
+        corr = store.read_layer(i, names=("mlp_gram",))["mlp_gram"].double()
+        w_down = adapter.layer(i).down_proj.weight.detach().double().T
+        expected = torch.sort(energy_keep_order(corr, w_down)[:plans[i].mlp_width]).values
+        assert torch.equal(solutions[i].mlp_index, expected), i
+    assemble.run(cfg)
