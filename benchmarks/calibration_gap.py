@@ -22,7 +22,7 @@ import shlex
 import torch
 
 from pipeline.adapters import adapter_for
-from pipeline.artifacts import ArtifactPaths, read_json
+from pipeline.artifacts import PLAN, ArtifactPaths, read_json
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
 from pipeline.modegpt import nystrom_mlp
@@ -53,7 +53,7 @@ def main() -> None:
 
     fits = [config(o) for o in args.fit]
     on = config(args.on)
-    plan = read_json(solve.run(fits[0]) / "plan.json")
+    plan = read_json(solve.run(fits[0]) / PLAN)
     widths = [layer["mlp_width"] for layer in plan["layers"]]
     device = resolve_device(on.device)
     model = load_model(on, ArtifactPaths(on).dense_model)
