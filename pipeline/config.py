@@ -115,8 +115,6 @@ SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error")
 SEQUENTIAL_TARGETS = ("layer", "dense")
-CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
-PROBED_SCALES = ("kl", "kl-error")  # curve scales from the KL probe (pipeline.capture.sensitivity)
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 
@@ -178,6 +176,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.sequential_target", k.sequential_target, SEQUENTIAL_TARGETS)
     _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
            k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
+    from pipeline.solver import CURVE_SCALES
+
     _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
     # Read only by allocation=error (the error curves' unit), like temperature only by bi.
     _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
-from pipeline.config import PROBED_SCALES
 from pipeline.modegpt import (
     F64,
     MlpSolution,
@@ -46,6 +45,11 @@ MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 # A channel whose mean square exceeds this multiple of the median's (RMS 100x the median) carries a massive
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
 MASSIVE_RATIO = 1e4
+
+# compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error are measured by
+# the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
+CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
+PROBED_SCALES = ("kl", "kl-error")
 
 # curve_scale=kl-error: the kept fractions of the MLP width whose Type-I error covariances, averaged, shape the
 # probe's MLP-output noise (a reference, so that one probe serves every rate)

@@ -47,13 +47,12 @@ from pipeline.capture.sensitivity import (
     noise_factor,
     output_sensitivity,
 )
-from pipeline.config import PROBED_SCALES
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
-from pipeline.solver import ERROR_PROBE_FRACTIONS, SolverSettings
+from pipeline.solver import ERROR_PROBE_FRACTIONS, PROBED_SCALES, SolverSettings
 
 log = logging.getLogger(__name__)
 
