@@ -27,14 +27,14 @@ from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
 from pipeline.modegpt import nystrom_mlp
 from pipeline.readers import open_store
-from pipeline.solver import DenseLayer
+from pipeline.solver import DenseLayer, mlp_quadratic_error
 from stages import solve
 
 
 def relative_error(corr: torch.Tensor, w_down: torch.Tensor, index: torch.Tensor, new_down: torch.Tensor) -> float:
-    diff = w_down.clone()
-    diff[index] -= new_down
-    return float((diff * (corr @ diff)).sum() / (w_down * (corr @ w_down)).sum())
+    """The solver's Type-I error tr(EᵀCE) over the output energy tr(W_DᵀCW_D), with C from another store."""
+    corr_down = corr @ w_down
+    return float(mlp_quadratic_error(corr, w_down, corr_down, index, new_down) / (w_down * corr_down).sum())
 
 
 def main() -> None:

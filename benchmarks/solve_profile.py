@@ -31,7 +31,7 @@ from stages.solve import _plan
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.
 PARTS = [(mlp, "_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
-         (solver, "_mlp_quadratic_error"), (solver, "vo_residual"), (solver, "head_output_energy"),
+         (solver, "mlp_quadratic_error"), (solver, "vo_residual"), (solver, "head_output_energy"),
          (solver, "cr_select")]
 
 

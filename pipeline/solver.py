@@ -140,7 +140,7 @@ def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
     )
 
 
-def _mlp_quadratic_error(corr: Tensor, w_down: Tensor, corr_down: Tensor, index: Tensor, new_down: Tensor) -> Tensor:
+def mlp_quadratic_error(corr: Tensor, w_down: Tensor, corr_down: Tensor, index: Tensor, new_down: Tensor) -> Tensor:
     """Tr(Eᵀ C E) for E = W_D − P_J W_D' (P_J scatters rows into J), from C W_D and C_{:,J} W_D' only:
     C E = C W_D − C_{:,J} W_D', so no D x D x d product beyond the one the caller already has."""
     diff = w_down.clone()
@@ -220,7 +220,7 @@ def solve_modegpt_layer(
                       corr_w=corr_down, selection=settings.mlp_selection, refit=settings.mlp_refit, tokens=tokens,
                       target_w=target_down)
     mlp_energy = (dense.down * corr_down).sum()
-    mlp_error = _mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
+    mlp_error = mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
 
     qk_index = cr_select(stats["q_energy"], stats["k_energy"], plan.qk_dim, heads.rope)
     group = heads.group_size
