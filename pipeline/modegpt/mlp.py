@@ -211,13 +211,11 @@ def nystrom_mlp(
         return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
     corr_w = None if corr_w is None else as_f64(corr_w)
     leverage_eigh = False
-    if selection == "greedy":
-        index = torch.sort(greedy_keep_order(c, w, keep, nystrom_ridge, corr_w)[:keep]).values
-    elif selection == "energy":
-        index = torch.sort(energy_keep_order(c, w)[:keep]).values
-    else:
+    if selection == "leverage":  # the scores themselves, to report whether they needed the eigendecomposition
         scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
         index = stable_top_indices(scores, keep)
+    else:
+        index = torch.sort(keep_order(c, w, selection, keep, ridge_lambda, nystrom_ridge, corr_w)[:keep]).values
     rhs = corr_w if target_w is None else as_f64(target_w)
     update = _nystrom_update(c, w, index, nystrom_ridge, rhs, tokens if refit == "shrink" else None)
     return MlpSolution(index=index, w_down=update.w_down, leverage_eigh=leverage_eigh, ridge=update.ridge,
