@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transformers import AutoTokenizer
-
+from pipeline.config import compose_config, validate
+from pipeline.dense import load_tokenizer
 from pipeline.evaluation.perplexity import DEFAULT_WIKITEXT_TEST
+from stages import prepare
 
 
 def _is_article_heading(row: str) -> bool:
@@ -27,14 +28,15 @@ def _is_article_heading(row: str) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--tokenizer", default="outputs/models/smollm2-135m-43d1842c",
-                        help="the dense model's directory (the prepare stage's output) or a Hub name")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides naming the model whose tokenizer counts tokens")
     parser.add_argument("--test-file", type=Path, default=DEFAULT_WIKITEXT_TEST)
     parser.add_argument("--windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--margin", type=int, default=4096, help="tokens skipped past the scored windows")
     args = parser.parse_args()
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    cfg = compose_config(args.overrides)
+    validate(cfg)
+    tokenizer = load_tokenizer(cfg, prepare.run(cfg))  # the model's own tokenizer, as benchmarks/quality.py scores
     rows = [r for r in args.test_file.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n") if r]
     # The scored stream joins rows with blank lines (pipeline.evaluation.perplexity.wikitext2_test_text).
     scored, seen, start = args.windows * args.seq_len + args.margin, 0, len(rows)
