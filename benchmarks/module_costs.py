@@ -36,8 +36,7 @@ def main() -> None:
     store, _ = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     # the residual-stream unit: the KL probe's unit (the default budget's) needs the probe, which this table skips
-    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection, k.mlp_refit,
-                              "residual")
+    settings = SolverSettings.from_config(k)
     method = method_named("modegpt")
     print(f"{cfg.model.name}: error per parameter removed (x1e6, relative residual-stream change) when one module "
           f"loses {args.cut:.0%} of its width; mlp_selection={k.mlp_selection}")

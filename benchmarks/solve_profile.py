@@ -71,8 +71,7 @@ def main() -> None:
     store, store_manifest = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     heads, k = adapter.head_layout(), cfg.compression
-    settings = solver.SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection,
-                                     k.mlp_refit)
+    settings = solver.SolverSettings.from_config(k)
     # The plan under the paper's allocation (BI): the error allocation's curves are timed on their own below.
     bi_cfg = compose_config([*args.overrides, "compression.allocation=bi"])
     plans, _ = _plan(bi_cfg, store, store_manifest.fingerprint, adapter, method_named("modegpt"), args.rate,

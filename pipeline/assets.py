@@ -10,6 +10,7 @@ import json
 import struct
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 
 class AssetError(RuntimeError):
@@ -38,6 +39,19 @@ def package_file(package: str, relative_path: str | Path, install: str | None = 
     if not path.is_file():
         raise AssetError(f"{relative_path} not found in package {package!r} (looked at {path})")
     return path
+
+
+def gguf_source(model_cfg: Any) -> Path | None:
+    """The GGUF file a dense model is read from: one shipped in a pip package (``model.source_kind=gguf_package``)
+    or a local ``.gguf`` file named by ``model.source``; None for a Hub id or a local HF folder."""
+    if model_cfg.source_kind == "gguf_package":
+        return package_file(model_cfg.source, model_cfg.gguf_file)
+    if str(model_cfg.source).endswith(".gguf"):
+        path = Path(str(model_cfg.source)).expanduser()
+        if not path.is_file():
+            raise AssetError(f"model.source={model_cfg.source!r} does not exist: expected a local .gguf file")
+        return path
+    return None
 
 
 def package_version(package: str) -> str:

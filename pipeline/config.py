@@ -56,7 +56,12 @@ class CompressionConfig:
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
     nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
     eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
-    round_to: int = 1  # kept MLP width rounded to a multiple of this (8 suits GPU kernels)
+    # What the compressed model must be to load in serving engines (pipeline.engine_shapes): free (any widths,
+    # transformers only) | deci (attention whole, per-layer MLP widths: vLLM, SGLang, TRT-LLM, llama.cpp) |
+    # stock (attention whole, one MLP width: the family's own class, every engine)
+    shape: str = "free"
+    # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
+    round_to: int | None = None
     # Type-I columns: leverage (the paper) | greedy (residual elimination) | energy (C_jj·‖W_D,j‖², no cross terms)
     mlp_selection: str = "leverage"
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
@@ -200,7 +205,12 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.ridge_lambda > 0, "compression.ridge_lambda", k.ridge_lambda, "a number > 0")
     _check(k.nystrom_ridge >= 0, "compression.nystrom_ridge", k.nystrom_ridge, "a number >= 0")
     _check(k.eig_floor > 0, "compression.eig_floor", k.eig_floor, "a number > 0")
-    _check(k.round_to >= 1, "compression.round_to", k.round_to, "a positive integer")
+    _check(k.round_to is None or k.round_to >= 1, "compression.round_to", k.round_to,
+           "null (the shape's default) or a positive integer")
+    from pipeline.engine_shapes import SHAPES
+
+    _check_choice("compression.shape", k.shape, SHAPES)
+
     _check(e.limit is None or e.limit > 0, "eval.limit", e.limit, "null or a positive integer")
     _check(e.batch_size > 0, "eval.batch_size", e.batch_size, "a positive integer")
     _check_choice("eval.average_metric", e.average_metric, AVERAGE_METRICS)

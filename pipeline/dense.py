@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .artifacts import COMPLETE, ArtifactError, Manifest, atomic_dir, conversion_manifest, read_manifest, write_manifest
-from .assets import AssetError, package_file
+from .assets import AssetError, gguf_source
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
     """De-quantise a GGUF model once into a plain HF folder (safetensors + tokenizer), written atomically."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = package_file(model_cfg.source, model_cfg.gguf_file)
+    path = gguf_source(model_cfg)
+    assert path is not None, "convert_gguf needs a GGUF source"
     manifest = conversion_manifest(model_cfg)
     log.info("converting %s to a HF folder at %s", path, target)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -57,7 +58,7 @@ def convert_gguf(model_cfg: Any, target: Path) -> Manifest:
 def model_location(cfg: Any, dense_dir: Path) -> str:
     """Where from_pretrained should look: the converted folder, a local path, or a Hub id."""
     m = cfg.model
-    if m.source_kind == "gguf_package":
+    if gguf_source(m) is not None:
         found = read_manifest(dense_dir)
         if found is None or found.status != COMPLETE:
             raise ArtifactError(f"dense model not prepared at {dense_dir}: run `modegpt prepare` first")

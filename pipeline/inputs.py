@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .adapters import family_of, tiny_model_types
-from .assets import AssetError, package_file, safetensors_header
+from .assets import AssetError, gguf_source, safetensors_header
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -32,8 +32,9 @@ def check_model_source(cfg: Any, hub: bool = True) -> None:
     unreachable Hub or a gated repo is reported there rather than recorded.
     """
     m = cfg.model
-    if m.source_kind == "gguf_package":
-        check_gguf(package_file(m.source, m.gguf_file))
+    gguf = gguf_source(m)
+    if gguf is not None:
+        check_gguf(gguf)
         return
     source = str(m.source)
     if looks_local(source):

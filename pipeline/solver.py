@@ -7,14 +7,17 @@ outputs into a :class:`~pipeline.plan.LayerSolution` plus per-module reconstruct
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from pipeline.adapters import BlockShape, HeadLayout, LayerAdapter
+from pipeline.engine_shapes import width_multiple
 from pipeline.modegpt import (
     F64,
     MlpSolution,
@@ -68,6 +71,12 @@ class SolverSettings:
     # its d · tr(F Σ)/tr Σ with Σ the Type-I error covariance: ``stats["sensitivity"]``)
     curve_scale: str = "residual"
 
+    @classmethod
+    def from_config(cls, compression: Any) -> SolverSettings:
+        """The settings a ``compression`` config asks for, field by field by name (round_to: the shape's)."""
+        values = {f.name: compression[f.name] for f in dataclasses.fields(cls)}
+        return cls(**(values | {"round_to": width_multiple(compression)}))
+
 
 @dataclass
 class DenseLayer:
@@ -113,6 +122,12 @@ def module_weight_params(shape: BlockShape) -> dict[str, int]:
     full, head = shape.intermediate_size, shape.heads.head_dim
     return {"mlp": shape.linear_params(full, 0, 0, {}), "qk": shape.linear_params(0, head, 0, {}),
             "vo": shape.linear_params(0, 0, head, {})}
+
+
+def cut_fraction(shape: BlockShape) -> float:
+    """The fraction of a dense block's weights in the modules the solve may cut."""
+    params = module_weight_params(shape)
+    return sum(n for m, n in params.items() if m in shape.compressible) / sum(params.values())
 
 
 def module_sparsity(sparsity: float, shape: BlockShape) -> float:

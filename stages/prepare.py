@@ -13,6 +13,7 @@ from pipeline.artifacts import (
     source_reference_manifest,
     write_manifest,
 )
+from pipeline.assets import gguf_source
 from pipeline.dense import convert_gguf
 from pipeline.inputs import check_model_source
 
@@ -25,7 +26,7 @@ def run(cfg: Any) -> Path:
     check_model_source(cfg)
     paths = ArtifactPaths(cfg)
     target = paths.dense_model
-    if cfg.model.source_kind != "gguf_package":
+    if gguf_source(cfg.model) is None:
         # Nothing to convert, but the stage still records which weights later stages derive from (and gives
         # DVC an output to depend on).
         manifest = source_reference_manifest(cfg, target)

@@ -81,8 +81,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     adapter = adapter_for(model, cfg.model.family)
     num_layers = adapter.num_layers
     method = method_named(k.method)
-    settings = SolverSettings(k.ridge_lambda, k.nystrom_ridge, k.eig_floor, k.round_to, k.mlp_selection, k.mlp_refit,
-                              k.curve_scale)
+    settings = SolverSettings.from_config(k)
     plans, plan_doc = _plan(cfg, store, store_manifest.fingerprint, adapter, method, target_rate, settings, device)
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.assets import gguf_source
+
 from .atomic import fingerprint
 from .identity import gguf_identity, text_identity, weights_identity
 from .layout import SOLVER_KEYS, TOKENIZE_KEYS, ArtifactPaths, resolve_rate
@@ -49,7 +51,7 @@ def source_reference_manifest(cfg: Any, dense_dir: Path | None = None) -> Manife
 
 def expected_prepare(cfg: Any) -> Manifest:
     """The manifest of the dense model's artifact: a conversion (GGUF sources) or a reference to the weights."""
-    if cfg.model.source_kind == "gguf_package":
+    if gguf_source(cfg.model) is not None:
         return conversion_manifest(cfg.model)
     return source_reference_manifest(cfg)
 
@@ -57,7 +59,7 @@ def expected_prepare(cfg: Any) -> Manifest:
 def model_fingerprint(cfg: Any, dense_dir: Path | None = None) -> str:
     """Identity of the dense weights, cheap to compute even for 70B (see ``identity.weights_identity``; the
     converted folder ``dense_dir`` does not change it)."""
-    if cfg.model.source_kind == "gguf_package":
+    if gguf_source(cfg.model) is not None:
         return conversion_manifest(cfg.model).fingerprint
     return fingerprint(weights_identity(cfg.model))
 

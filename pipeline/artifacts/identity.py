@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pipeline.assets import package_file, package_version, safetensors_header
+from pipeline.assets import gguf_source, package_version, safetensors_header
 
 from .atomic import file_digest
 
@@ -31,8 +31,10 @@ def content_digest(path: Path) -> str:
 
 def gguf_identity(model_cfg: Any) -> str:
     """The GGUF file a pip package ships: package version and content digest."""
-    path = package_file(model_cfg.source, model_cfg.gguf_file)
-    return f"{package_version(model_cfg.source)}:{content_digest(path)[:16]}"
+    path = gguf_source(model_cfg)
+    assert path is not None, "gguf_identity needs a GGUF source"
+    version = package_version(model_cfg.source) if model_cfg.source_kind == "gguf_package" else "file"
+    return f"{version}:{content_digest(path)[:16]}"
 
 
 def _safetensors_header_digest(path: Path) -> str:
@@ -47,7 +49,7 @@ def weights_identity(model_cfg: Any) -> dict[str, Any]:
     artifacts. A Hub id is its repo and revision; a GGUF package its file's digest.
     """
     m = model_cfg
-    if m.source_kind == "gguf_package":
+    if gguf_source(m) is not None:
         return {"gguf": gguf_identity(m), "package": m.source, "file": m.gguf_file}
     local = Path(m.source)
     if local.is_dir():

@@ -59,7 +59,7 @@ EVAL_KEYS = (
 SOLVER_KEYS = (
     "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
     "mlp_selection", "mlp_refit", "sequential", "sequential_target", "fisher_mix",
-    "curve_scale",
+    "curve_scale", "shape",
 )
 
 

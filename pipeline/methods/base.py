@@ -10,9 +10,10 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.engine_shapes import constrained_block, constrained_curves, width_multiple
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings, layer_sparsities, plan_from_curves, plan_layer
+from pipeline.solver import SolverSettings, cut_fraction, layer_sparsities, plan_from_curves, plan_layer
 
 
 class Method(ABC):
@@ -41,13 +42,17 @@ class Method(ABC):
         uniform) of ``target_rate`` over the layers, each layer cut to its sparsity; with ``allocation=error``
         one budget across every module of every layer from their error curves (``module_curves``)."""
         k = compression
+        block, multiple = constrained_block(adapter.block_shape(), k.shape), width_multiple(k)
+        if k.shape == "stock":  # one width for every layer: the family's own class holds it
+            return [plan_layer(target_rate, block, multiple)] * adapter.num_layers
         if k.allocation == "error":
             if curves is None:
                 raise ValueError(f"compression.allocation=error needs the module error curves of {self.name}")
-            return plan_from_curves(curves, target_rate, adapter.block_shape())
-        phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, k.max_sparsity)
-        shape = adapter.block_shape()
-        return [plan_layer(float(p), shape, k.round_to) for p in phi]
+            return plan_from_curves(constrained_curves(curves, block), target_rate, block)
+        # max_sparsity caps the cut modules' sparsity: a layer loses at most that share of what it may cut
+        cap = k.max_sparsity * cut_fraction(block)
+        phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, cap)
+        return [plan_layer(float(p), block, multiple) for p in phi]
 
     def module_curves(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
                       settings: SolverSettings, max_sparsity: float, device: torch.device) -> dict[str, ModuleCurve]:

@@ -59,6 +59,8 @@ def vo_svd(corr: Tensor, w_v: Tensor, w_o: Tensor, rank: int, eig_floor: float =
     n_kv, group, d, head_dim = _check_vo(corr, w_v, w_o)
     if not 1 <= rank <= head_dim:
         raise ValueError(f"rank must lie in [1, {head_dim}], got {rank}")
+    if rank == head_dim:  # exact at full rank: the whitening round trip would add only the floor's error
+        return VoSolution(w_v=as_f64(w_v).clone(), w_o=as_f64(w_o).clone(), floored=0)
     sqrt_c, inv_sqrt_c, floored = psd_sqrt_pair(corr, eig_floor)
     o_cat = _concat_groups(as_f64(w_o), n_kv, group)
     u, sigma, vh = torch.linalg.svd(sqrt_c @ as_f64(w_v), full_matrices=False)
