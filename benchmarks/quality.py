@@ -84,6 +84,11 @@ METHODS = {  # name -> overrides on top of the run's config
     "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
     "sequential+fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0",
                           "compression.sequential=true"],
+    # engine shapes (pipeline.engine_shapes): attention whole, per-layer MLP widths on a grid (DeciLM / llama.cpp
+    # deci; 256 also suits vLLM and K-quants), or one MLP width (the family's own class)
+    "deci": ["compression.shape=deci"],
+    **{f"deci-{n}": ["compression.shape=deci", f"compression.round_to={n}"] for n in (32, 64, 128)},
+    "stock": ["compression.shape=stock"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],

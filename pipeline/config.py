@@ -98,6 +98,16 @@ class EvalConfig:
 
 
 @dataclass
+class ExportConfig:
+    # What `modegpt export` writes from a deci or stock solve (pipeline.export): hf (DeciLM / Nemotron-NAS folder
+    # for vLLM, SGLang, TRT-LLM; the family's own class for stock) and gguf (llama.cpp)
+    formats: list[str] = field(default_factory=lambda: ["hf", "gguf"])
+    gguf_dtype: str = "f16"  # f32 | f16 (norms and biases stay F32)
+    # quantized GGUFs made by llama.cpp (llama-cpp-python: `make engines`); skipped, with a log line, without it
+    quantize: list[str] = field(default_factory=lambda: ["q8_0", "q4_k_m"])
+
+
+@dataclass
 class PathsConfig:
     root: str = "outputs"  # every artifact lives under here, at a path derived from config keys
     store_root: str | None = None  # correlation stores (big); None = {root}/stores
@@ -110,6 +120,7 @@ class Config:
     compression: CompressionConfig = MISSING
     eval: EvalConfig = MISSING
     paths: PathsConfig = MISSING
+    export: ExportConfig = field(default_factory=ExportConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Stages whose artifacts are recomputed even when current or foreign, e.g. [solve, assemble]; [all] for every one.
     overwrite: list[str] = field(default_factory=list)
@@ -132,6 +143,7 @@ def register_configs() -> None:
     cs.store(group="compression", name="schema", node=CompressionConfig)
     cs.store(group="eval", name="schema", node=EvalConfig)
     cs.store(group="paths", name="schema", node=PathsConfig)
+    cs.store(group="export", name="schema", node=ExportConfig)
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -223,6 +235,15 @@ def validate(cfg: DictConfig | Config) -> None:
     for task in e.tasks:
         _check(not e.offline or task in OFFLINE_TASKS, "eval.tasks", list(e.tasks),
                "tasks among " + ", ".join(OFFLINE_TASKS) + " (or eval.offline=false for lm-eval's stock tasks)")
+    from pipeline.export import EXPORT_FORMATS
+    from pipeline.export.gguf_file import GGUF_DTYPES, QUANT_TYPES
+
+    x = cfg.export
+    for name in x.formats:
+        _check(name in EXPORT_FORMATS, "export.formats", list(x.formats), "some of " + ", ".join(EXPORT_FORMATS))
+    _check_choice("export.gguf_dtype", x.gguf_dtype, GGUF_DTYPES)
+    for name in x.quantize:
+        _check(name in QUANT_TYPES, "export.quantize", list(x.quantize), "some of " + ", ".join(QUANT_TYPES))
     stages = (*STAGES, "all")
     for name in cfg.overwrite:
         _check(name in stages, "overwrite", list(cfg.overwrite), "a list of stage names among " + ", ".join(stages))

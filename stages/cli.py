@@ -18,18 +18,20 @@ from typing import Any
 from pipeline.adapters import UnsupportedModelError
 from pipeline.artifacts import ArtifactError
 from pipeline.artifacts.aliases import publish
-from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, REPORT, STAGES
+from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, EXPORT, REPORT, STAGES
 from pipeline.artifacts.legacy import refuse_old_layout
 from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
 from pipeline.config import ConfigError, compose_config, register_configs, validate
 from pipeline.evaluation.tasks import UnknownTaskError
+from pipeline.export import export_refusal
+from pipeline.export.layout import ExportError
 from pipeline.methods.base import UnknownMethodError
 
 log = logging.getLogger("modegpt")
 
 USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError, UnsupportedModelError, UnknownMethodError,
-               UnknownTaskError)
+               UnknownTaskError, ExportError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -50,7 +52,7 @@ def _stages() -> dict[str, Callable[[Any], Any]]:
 
 
 # Stages that need a compressed checkpoint: a method whose factors do not assemble stops before them.
-NEEDS_CHECKPOINT = (ASSEMBLE, EVALUATE, REPORT)
+NEEDS_CHECKPOINT = (ASSEMBLE, EXPORT, EVALUATE, REPORT)
 
 
 def run_stage(name: str, cfg: Any, stage: Callable[[Any], Any] | None = None) -> None:
@@ -70,6 +72,9 @@ def run_all(cfg: Any) -> None:
             log.info("compression.method=%s is a solve-only baseline (benchmarks/quality.py evaluates it): "
                      "stopping after solve", method.name)
             return
+        if name == EXPORT and (reason := export_refusal(cfg)) is not None:
+            log.info("skipping export: %s", reason)
+            continue
         log.info("== stage %s ==", name)
         run_stage(name, cfg, stage)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_dir, atomic_write_text
-from .expected import CAPTURE, EVALUATE, PREPARE, REPORT, TOKENIZE
+from .expected import ASSEMBLE, CAPTURE, EVALUATE, EXPORT, PREPARE, REPORT, TOKENIZE
 from .layout import LATEST, ArtifactPaths
 from .manifest import read_manifest
 
@@ -26,7 +26,8 @@ REFERENCE_FIELDS = ("path", "checkpoint")
 
 
 def _pointed(paths: ArtifactPaths, stage: str) -> Path | None:
-    return {PREPARE: paths.dense_model, TOKENIZE: paths.tokens, CAPTURE: paths.store}.get(stage)
+    return {PREPARE: paths.dense_model, TOKENIZE: paths.tokens, CAPTURE: paths.store, ASSEMBLE: paths.checkpoint(),
+            EXPORT: paths.export()}.get(stage)
 
 
 def _write_if_changed(target: Path, text: str) -> None:

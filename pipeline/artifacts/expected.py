@@ -26,10 +26,11 @@ CAPTURE, CAPTURE_VERSION = "capture", "capture-1"
 FISHER_VERSION = 2  # the calibration.fisher sums (a store config key only when on)
 SOLVE, SOLVE_VERSION = "solve", "solve-2"
 ASSEMBLE, ASSEMBLE_VERSION = "assemble", "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24)
+EXPORT, EXPORT_VERSION = "export", "export-1"
 EVALUATE, EVALUATE_VERSION = "evaluate", "evaluate-1"
 REPORT = "report"
 # The pipeline's stages in order: the CLI runs `stages.<name>` for each, `overwrite=[...]` takes these names.
-STAGES = (PREPARE, TOKENIZE, CAPTURE, SOLVE, ASSEMBLE, EVALUATE, REPORT)
+STAGES = (PREPARE, TOKENIZE, CAPTURE, SOLVE, ASSEMBLE, EXPORT, EVALUATE, REPORT)
 
 
 def conversion_manifest(model_cfg: Any) -> Manifest:
@@ -99,6 +100,15 @@ def expected_solve(cfg: Any, store_fingerprint: str, rate: float | None = None) 
 def expected_checkpoint(cfg: Any, solve_fingerprint: str) -> Manifest:
     return Manifest(stage=ASSEMBLE, code_version=ASSEMBLE_VERSION, config={"dtype": cfg.model.dtype},
                     inputs={"solve": solve_fingerprint})
+
+
+def expected_export(cfg: Any, checkpoint_fingerprint: str, quantized: list[str]) -> Manifest:
+    """The engine formats of a checkpoint; ``quantized``: the GGUF quantizations this environment can make (so a
+    rerun where llama.cpp has since been installed adds them, instead of reusing an export without them)."""
+    x = cfg.export
+    return Manifest(stage=EXPORT, code_version=EXPORT_VERSION,
+                    config={"formats": sorted(x.formats), "gguf_dtype": x.gguf_dtype, "quantize": sorted(quantized)},
+                    inputs={"checkpoint": checkpoint_fingerprint})
 
 
 def expected_dense_evaluation(cfg: Any) -> Manifest:

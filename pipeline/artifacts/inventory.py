@@ -25,11 +25,11 @@ from .layout import LATEST, MANIFEST, REPORT_DIR, ArtifactPaths, in_current_layo
 from .manifest import ArtifactError, Manifest, read_manifest
 
 KINDS = {"prepare": "model", "tokenize": "tokens", "capture": "store", "solve": "solve", "assemble": "checkpoint",
-         "evaluate": "eval"}
+         "export": "export", "evaluate": "eval"}
 # The config keys `ls` shows per stage (the manifest holds them all).
 SHOWN = {"prepare": ("source", "gguf_file"), "tokenize": ("source", "path", "num_samples", "seq_len", "seed"),
          "capture": ("dtype",), "solve": ("method", "allocation", "rate"), "assemble": ("dtype",),
-         "evaluate": ("tasks", "limit")}
+         "export": ("formats", "quantize"), "evaluate": ("tasks", "limit")}
 FIXED = {"cache/eval-requests": ("cache", "lm-eval request answers"), "logs": ("logs", "Hydra job logs")}
 TEMP = re.compile(r"\..+\.(tmp|old-\d+)")  # atomic_dir's and atomic_path's temp names
 VALUE_WIDTH = 40

@@ -178,6 +178,10 @@ class ArtifactPaths:
     def checkpoint(self, rate: float | None = None) -> Path:
         return self.run_root / "compressed" / self.compression_tag(rate)
 
+    def export(self, rate: float | None = None) -> Path:
+        """The compressed model in serving engines' formats (``hf/``, ``model-<dtype>.gguf``, quantized GGUFs)."""
+        return self.run_root / "export" / self.compression_tag(rate)
+
     def eval_config(self) -> dict[str, Any]:
         """Everything that changes an evaluation's numbers."""
         e = self.cfg.eval
@@ -259,6 +263,7 @@ CURRENT_LAYOUT = {
     "tokens": re.compile(rf"{_M}/calib/[^/]+-\d+x\d+-seed\d+-{_H}"),
     "solve": re.compile(rf"{_RUN}/solve/[^/]+"),
     "checkpoint": re.compile(rf"{_RUN}/compressed/[^/]+"),
+    "export": re.compile(rf"{_RUN}/export/[^/]+"),
     "eval": re.compile(rf"{_M}/eval/eval-{_H}/dense|{_RUN}/eval/eval-{_H}/[^/]+"),
     "report": re.compile(rf"{_RUN}/{REPORT_DIR}"),
 }

@@ -85,23 +85,37 @@ def _tokenizer_from_gguf(writer: Any, source: Path) -> None:
             writer.add_key_value(name, field.contents(), field.types[0], sub_type)
 
 
-def _tokenizer_from_hf(writer: Any, tokenizer_dir: Path) -> None:
-    from gguf import SpecialVocab
+def _tokenizer_from_hf(writer: Any, tokenizer_dir: Path, vocab_size: int) -> None:
+    from gguf import SpecialVocab, TokenType
     from gguf.vocab import BpeVocab
 
     try:
         vocab = BpeVocab(tokenizer_dir)
     except FileNotFoundError:
-        raise ExportError(f"{tokenizer_dir}: only GPT-2-style byte-level BPE tokenizers (tokenizer.json) are written "
-                          "to GGUF here; convert the exported HF folder with llama.cpp's convert_hf_to_gguf.py") from None
-    tokens, scores, types = zip(*vocab.all_tokens(), strict=True)
+        raise ExportError(f"{tokenizer_dir}: only GPT-2-style byte-level BPE tokenizers (tokenizer.json) are "
+                          "written to GGUF here; convert the exported HF folder with llama.cpp's "
+                          "convert_hf_to_gguf.py") from None
+    tokens, _, types = (list(x) for x in zip(*vocab.all_tokens(), strict=True))
+    # llama.cpp sizes the embedding from the token list: pad it to the model's (often rounded-up) vocabulary
+    for i in range(len(tokens), vocab_size):
+        tokens.append(f"[PAD{i}]".encode())
+        types.append(TokenType.UNUSED)
     writer.add_tokenizer_model("gpt2")
     # llama.cpp picks its pre-tokenizer regex by name; "default" is GPT-2's (exact for byte-level vocabularies whose
     # merges cross no such boundary, approximate otherwise: convert_hf_to_gguf.py identifies a vocabulary's own)
     writer.add_tokenizer_pre("default")
-    writer.add_token_list(list(tokens))
-    writer.add_token_types(list(types))
-    SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens)).add_to_gguf(writer, quiet=True)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special = SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens))
+    if not special.merges:
+        # llama.cpp requires merges for a BPE vocabulary and gguf writes no empty array. With no merges every
+        # symbol stays one character, so a merge of two multi-character tokens can never apply: it changes nothing.
+        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in tokens]
+        longer = [t for t in texts if len(t) > 1][:2]
+        if len(longer) < 2:
+            raise ExportError(f"{tokenizer_dir}: a BPE vocabulary without merges needs two multi-character tokens")
+        special.merges = [" ".join(longer)]
+    special.add_to_gguf(writer, quiet=True)
 
 
 def write_gguf(em: EngineModel, out: Path, dtype: str, tokenizer_dir: Path, source_gguf: Path | None = None,
@@ -134,7 +148,7 @@ def write_gguf(em: EngineModel, out: Path, dtype: str, tokenizer_dir: Path, sour
         if source_gguf is not None:
             _tokenizer_from_gguf(writer, source_gguf)
         else:
-            _tokenizer_from_hf(writer, tokenizer_dir)
+            _tokenizer_from_hf(writer, tokenizer_dir, int(c["vocab_size"]))
         permute = arch != "qwen2"
         for hf_name, tensor in em.tensors.items():
             t = tensor.detach().float()

@@ -135,10 +135,11 @@ def engine_model(model: nn.Module, target: str = "any") -> EngineModel:
                     state[f"{prefix}.bias"] = b
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    attention_bias = any(f"model.layers.0.self_attn.{p}.bias" in state for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
+    projections = ("q_proj", "k_proj", "v_proj", "o_proj")
+    attention_bias = any(f"model.layers.0.self_attn.{p}.bias" in state for p in projections)
     if attention_bias:
         for i in range(len(widths)):
-            for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            for p in projections:
                 weight = state[f"model.layers.{i}.self_attn.{p}.weight"]
                 state.setdefault(f"model.layers.{i}.self_attn.{p}.bias", weight.new_zeros(weight.shape[0]))
     dense_config = {k: v for k, v in config.to_dict().items()

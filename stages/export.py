@@ -1,0 +1,87 @@
+"""Stage `export`: the compressed checkpoint in the formats serving engines load.
+
+From a ``compression.shape=deci`` or ``stock`` solve's checkpoint: an HF folder (DeciLM / Nemotron-NAS for vLLM,
+SGLang and TensorRT-LLM; the family's own class for stock), a GGUF for llama.cpp at ``export.gguf_dtype``, and
+the quantized GGUFs of ``export.quantize`` where llama.cpp is installed. A ``free`` solve is refused (no engine
+runs per-head cuts); in the ``run`` chain it is skipped with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import (
+    COMPLETE,
+    ArtifactPaths,
+    atomic_dir,
+    expected_export,
+    prepare_output,
+    read_manifest,
+    write_manifest,
+)
+from pipeline.assembly import load_compressed
+from pipeline.assets import gguf_source
+from pipeline.dense import load_tokenizer
+from pipeline.export import export_refusal
+from pipeline.export.gguf_file import quantize_gguf, quantizer, write_gguf
+from pipeline.export.hf import write_hf
+from pipeline.export.layout import ExportError, engine_model
+
+log = logging.getLogger(__name__)
+
+
+def gguf_name(dtype_or_quant: str) -> str:
+    return f"model-{dtype_or_quant}.gguf"
+
+
+def run(cfg: Any, rate: float | None = None) -> Path:
+    reason = export_refusal(cfg)
+    if reason is not None:
+        raise ExportError(reason)
+    paths = ArtifactPaths(cfg)
+    source = paths.checkpoint(rate)
+    checkpoint = read_manifest(source)
+    if checkpoint is None or checkpoint.status != COMPLETE:
+        raise ExportError(f"no complete compressed checkpoint at {source}: run `modegpt assemble` first")
+    x = cfg.export
+    quantized = list(x.quantize) if "gguf" in x.formats and quantizer() is not None else []
+    if "gguf" in x.formats and x.quantize and not quantized:
+        log.info("export.quantize=%s skipped: llama.cpp is not installed here (`make engines` installs "
+                 "llama-cpp-python into .venv-engines; run the export from there)", list(x.quantize))
+    expected = expected_export(cfg, checkpoint.fingerprint, quantized)
+    target = paths.export(rate)
+    if prepare_output(target, expected, cfg.overwrite) == "skip":
+        log.info("reusing export %s", target)
+        return target
+    model = load_compressed(source)
+    kind = cfg.compression.shape
+    em = engine_model(model, kind)
+    tokenizer = load_tokenizer(cfg, paths.dense_model)
+    files = []
+    with atomic_dir(target) as tmp:
+        tokenizer_dir = tmp / ("hf" if "hf" in x.formats else "tokenizer")
+        if "hf" in x.formats:
+            write_hf(em, tokenizer, tokenizer_dir, kind)
+            files.append("hf")
+        else:
+            tokenizer.save_pretrained(tokenizer_dir)
+        if "gguf" in x.formats:
+            base = write_gguf(em, tmp / gguf_name(x.gguf_dtype), x.gguf_dtype, tokenizer_dir,
+                              source_gguf=gguf_source(cfg.model), name=f"{cfg.model.name}-{kind}")
+            files.append(base.name)
+            for quant in quantized:
+                files.append(quantize_gguf(base, tmp / gguf_name(quant), quant).name)
+        expected.status = COMPLETE
+        expected.extra = {"shape": kind, "mlp_widths": em.mlp_widths, "files": files,
+                          "bytes": {f: _size(tmp / f) for f in files}}
+        write_manifest(tmp, expected)
+    log.info("exported %s (%s) to %s", ", ".join(files), kind, target)
+    return target
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
