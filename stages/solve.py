@@ -17,7 +17,6 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import (
@@ -51,6 +50,7 @@ from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
+from pipeline.progress import progress
 from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
 from pipeline.solver import ERROR_PROBE_FRACTIONS, PROBED_SCALES, SolverSettings
 
@@ -128,8 +128,8 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
         store.iter_layers(todo, verify=cfg.verify_store, names=_stored_sums_read(cfg))
         if method.needs_store else ((i, None) for i in todo))
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
-        for index, sums in tqdm(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
-                                initial=len(errors), disable=None):
+        for index, sums in progress(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
+                                    initial=len(errors)):
             errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target,
                                          cfg.compression.fisher_mix)
 
@@ -203,7 +203,7 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
     with contextlib.closing(layers):
-        for index, sums in tqdm(layers, desc="error curves", unit="layer", total=adapter.num_layers, disable=None):
+        for index, sums in progress(layers, desc="error curves", unit="layer", total=adapter.num_layers):
             start = time.perf_counter()
             sums = fisher_mixed(sums, k.fisher_mix)
             if sensitivity is not None:

@@ -12,9 +12,9 @@ import logging
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.adapters import ModelAdapter, output_source
+from pipeline.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def token_gradient_weights(adapter: ModelAdapter, input_ids: torch.Tensor, batch
             p.requires_grad_(False)
         model.to(device)
         with torch.enable_grad():
-            for start in tqdm(range(0, n, batch_size), desc="fisher weights", unit="batch", disable=None):
+            for start in progress(range(0, n, batch_size), desc="fisher weights", unit="batch"):
                 batch = input_ids[start : start + batch_size].to(device)
                 # HF averages over the predicted tokens; summing keeps every batch on one scale.
                 loss = model(input_ids=batch, labels=batch, use_cache=False).loss * (batch.shape[0] * (length - 1))

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from pipeline.assets import AssetError
+from pipeline.progress import progress
 
 # The raw test split shipped beside the project (../shared/data), looked for relative to the working dir.
 DEFAULT_WIKITEXT_TEST = Path("../shared/data/wikitext-2-raw/wiki.test.raw")
@@ -56,7 +56,7 @@ def perplexity(
     if windows.shape[0] == 0:
         raise ValueError(f"the evaluation text has {token_ids.numel()} tokens, fewer than one window of {seq_len}")
     total_nll, total_tokens = 0.0, 0
-    for batch in tqdm(windows.split(batch_size), desc="perplexity", unit="batch", disable=None):
+    for batch in progress(windows.split(batch_size), desc="perplexity", unit="batch"):
         batch = batch.to(device)
         logits = model(batch, use_cache=False).logits.float()
         nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")

@@ -96,25 +96,24 @@ def _tokenizer_from_hf(writer: Any, tokenizer_dir: Path, vocab_size: int) -> Non
                           "written to GGUF here; convert the exported HF folder with llama.cpp's "
                           "convert_hf_to_gguf.py") from None
     tokens, _, types = (list(x) for x in zip(*vocab.all_tokens(), strict=True))
+    special = SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=vocab_size)
+    padding = [f"[PAD{i}]" for i in range(len(tokens), vocab_size)]
+    if not special.merges:
+        # llama.cpp requires merges for a BPE vocabulary (and gguf writes no empty array): a merge of two padding
+        # tokens, whose result is a third, is valid for every BPE reader and never applies (no merge forms its parts)
+        if len(padding) < 3:
+            raise ExportError(f"{tokenizer_dir}: a BPE vocabulary without merges needs 3 unused embedding rows")
+        padding[2] = padding[0] + padding[1]
+        special.merges = [f"{padding[0]} {padding[1]}"]
     # llama.cpp sizes the embedding from the token list: pad it to the model's (often rounded-up) vocabulary
-    for i in range(len(tokens), vocab_size):
-        tokens.append(f"[PAD{i}]".encode())
-        types.append(TokenType.UNUSED)
+    tokens += [p.encode() for p in padding]
+    types += [TokenType.UNUSED] * len(padding)
     writer.add_tokenizer_model("gpt2")
     # llama.cpp picks its pre-tokenizer regex by name; "default" is GPT-2's (exact for byte-level vocabularies whose
     # merges cross no such boundary, approximate otherwise: convert_hf_to_gguf.py identifies a vocabulary's own)
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    special = SpecialVocab(tokenizer_dir, load_merges=True, n_vocab=len(tokens))
-    if not special.merges:
-        # llama.cpp requires merges for a BPE vocabulary and gguf writes no empty array. With no merges every
-        # symbol stays one character, so a merge of two multi-character tokens can never apply: it changes nothing.
-        texts = [t.decode() if isinstance(t, bytes) else str(t) for t in tokens]
-        longer = [t for t in texts if len(t) > 1][:2]
-        if len(longer) < 2:
-            raise ExportError(f"{tokenizer_dir}: a BPE vocabulary without merges needs two multi-character tokens")
-        special.merges = [" ".join(longer)]
     special.add_to_gguf(writer, quiet=True)
 
 

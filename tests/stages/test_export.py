@@ -67,3 +67,27 @@ def test_quantize_without_llama_cpp_is_skipped_and_recorded(tmp_path, tiny_model
     cfg = _solved(tmp_path, tiny_model_dirs, **{"export.formats": "[gguf]", "export.quantize": "[q8_0]"})
     target = export.run(cfg)
     assert read_manifest(target).config["quantize"] == [] and not (target / "model-q8_0.gguf").exists()
+
+
+def test_a_local_gguf_file_is_a_model_source(tmp_path, tiny_model_dirs) -> None:
+    """llama.cpp users have GGUF files: model.source=<file>.gguf is converted by prepare like the packaged one."""
+    from pipeline.dense import load_model
+    from pipeline.export.gguf_file import write_gguf
+    from pipeline.tiny import byte_tokenizer, tiny_engine_shaped
+    from stages import prepare
+
+    dense = tiny_engine_shaped("llama", [96, 96, 96])  # full widths: the dense tiny Llama, as engines hold it
+    byte_tokenizer().save_pretrained(tmp_path / "tok")
+    source = write_gguf(engine_model(dense), tmp_path / "user.gguf", "f32", tmp_path / "tok")
+    overrides = tiny_overrides(tmp_path / "run", tiny_model_dirs["llama"], "llama")
+    cfg = compose_config([*overrides, f"model.source={source}"])
+    target = prepare.run(cfg)
+    assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+    converted = load_model(cfg, target)
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    with torch.no_grad():
+        assert torch.allclose(converted(ids).logits, dense(ids).logits, atol=1e-4)
+    tokenize.run(cfg)  # later stages take the converted folder
+    missing = compose_config([*overrides, f"model.source={tmp_path / 'nope.gguf'}"])
+    with pytest.raises(Exception, match=r"model.source=.*nope.gguf' does not exist: expected a local .gguf file"):
+        prepare.run(missing)
