@@ -7,13 +7,16 @@
   holds it and everything loads it with no remote code.
 
 Those engines compute each layer's MLP width from ``ffn_mult`` as ``_find_multiple(int(2·ffn_mult·hidden/3),
-256)``, so a DeciLM folder holds widths that are multiples of 256 only (``compression.shape=deci`` with the
-default ``round_to``); llama.cpp's GGUF takes any width.
+256)``, so ``ffn_mult`` holds widths that are multiples of 256 (``compression.shape=deci`` with the default
+``round_to``). vLLM (``nemotron_nas.py``) also reads a block's ``ffn.intermediate_size`` when it has no
+``ffn_mult``: other widths are written that way, which vLLM serves and SGLang / TensorRT-LLM do not (a warning
+says so); llama.cpp's GGUF takes any width.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -24,6 +27,8 @@ from safetensors.torch import save_file
 from pipeline.artifacts import atomic_dir
 
 from .layout import EngineModel, ExportError
+
+log = logging.getLogger(__name__)
 
 DECI_MULTIPLE = 256  # the engines round ffn_mult's width up to this
 CONFIG_MODULE = Path(__file__).with_name("configuration_decilm.py")
@@ -40,11 +45,9 @@ def engine_width(ffn_mult: float, hidden: int) -> int:
 
 
 def ffn_mult_for(width: int, hidden: int) -> float:
-    """An ``ffn_mult`` whose engine width is exactly ``width``; refuses a width no multiplier gives."""
+    """An ``ffn_mult`` whose engine width is exactly ``width`` (a positive multiple of 256)."""
     if width % DECI_MULTIPLE or width <= 0:
-        raise ExportError(f"MLP width {width} is not a positive multiple of {DECI_MULTIPLE}, which DeciLM engines "
-                          f"(vLLM, SGLang, TRT-LLM) require: solve with compression.shape=deci "
-                          f"compression.round_to={DECI_MULTIPLE}, or export only the GGUF (export.formats=[gguf])")
+        raise ExportError(f"MLP width {width} is not a positive multiple of {DECI_MULTIPLE}: no ffn_mult gives it")
     mult = float(Fraction(3 * width, 2 * hidden))
     if engine_width(mult, hidden) != width:  # float rounding put int(...) one multiple off
         mult = float(Fraction(3 * width - 1, 2 * hidden))
@@ -57,9 +60,18 @@ def deci_config(em: EngineModel) -> dict[str, Any]:
     hidden = int(em.config["hidden_size"])
     base = {k: v for k, v in em.config.items() if k not in _DROPPED and k not in ("intermediate_size",
                                                                                     "num_key_value_heads")}
+    off_grid = [w for w in em.mlp_widths if w % DECI_MULTIPLE]
+    if off_grid:
+        log.warning("%d MLP widths are not multiples of %d (e.g. %d): written as ffn.intermediate_size, which vLLM "
+                    "serves and SGLang / TensorRT-LLM do not (compression.round_to=%d fits them all)",
+                    len(off_grid), DECI_MULTIPLE, off_grid[0], DECI_MULTIPLE)
+
+    def ffn(width: int) -> dict[str, Any]:
+        size = {"intermediate_size": width} if width % DECI_MULTIPLE else {"ffn_mult": ffn_mult_for(width, hidden)}
+        return {"no_op": False, "replace_with_linear": False, **size}
+
     blocks = [{"attention": {"no_op": False, "replace_with_linear": False, "n_heads_in_group": n_h // n_kv},
-               "ffn": {"no_op": False, "replace_with_linear": False, "ffn_mult": ffn_mult_for(w, hidden)}}
-              for w in em.mlp_widths]
+               "ffn": ffn(w)} for w in em.mlp_widths]
     return base | {
         "architectures": ["DeciLMForCausalLM"], "model_type": "nemotron-nas",
         "auto_map": {"AutoConfig": "configuration_decilm.DeciLMConfig"},

@@ -49,8 +49,12 @@ def test_deci_folder_config_reads_back_per_layer_widths(tmp_path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
-def test_deci_refuses_widths_engines_cannot_build(tmp_path) -> None:
-    model = tiny_engine_shaped("llama", [32, 96, 64])
-    with pytest.raises(ExportError, match=r"MLP width 32 is not a positive multiple of 256.*round_to=256"):
-        write_hf(engine_model(model), byte_tokenizer(), tmp_path / "deci", "deci")
-    assert not (tmp_path / "deci").exists()
+def test_deci_writes_off_grid_widths_as_intermediate_size(tmp_path, caplog) -> None:
+    """vLLM reads ffn.intermediate_size where a block has no ffn_mult (SGLang / TRT-LLM do not: a warning says so)."""
+    model = tiny_engine_shaped("llama", [32, 96, 64], intermediate_size=256)
+    write_hf(engine_model(model), byte_tokenizer(), tmp_path / "deci", "deci")
+    blocks = json.loads((tmp_path / "deci" / "config.json").read_text())["block_configs"]
+    assert [b["ffn"] for b in blocks][0] == {"no_op": False, "replace_with_linear": False, "intermediate_size": 32}
+    assert "not multiples of 256" in caplog.text
+    with pytest.raises(ExportError, match="MLP width 96 is not a positive multiple of 256"):
+        ffn_mult_for(96, 64)
