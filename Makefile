@@ -47,8 +47,10 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 run: $(STAMP)
 	$(VENV)/bin/modegpt run $(ARGS)
 
-test: $(STAMP)
+# The suite, then the engine tests in the engines' venvs (built on first use; see `engines` below).
+test: $(STAMP) $(LLAMA_STAMP)
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(LLAMA_VENV)/bin/pytest -q -m engines tests/engines/test_llama_cpp.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks conf
