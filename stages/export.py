@@ -55,7 +55,15 @@ def run(cfg: Any, rate: float | None = None) -> Path:
                  "llama-cpp-python into .venv-engines; run the export from there)", list(x.quantize))
     expected = expected_export(cfg, checkpoint.fingerprint, quantized)
     target = paths.export(rate)
-    if prepare_output(target, expected, cfg.overwrite) == "skip":
+    overwrite = list(cfg.overwrite)
+    existing = read_manifest(target)
+    if existing is not None and existing.inputs == expected.inputs and existing.fingerprint != expected.fingerprint:
+        # the same checkpoint under other export settings (a venv with llama.cpp adds the quantized files): an
+        # export is cheap and derived from the checkpoint alone, so it is rewritten rather than refused
+        log.info("export settings changed (quantize %s -> %s): rewriting %s", existing.config.get("quantize"),
+                 expected.config["quantize"], target)
+        overwrite.append(expected.stage)
+    if prepare_output(target, expected, overwrite) == "skip":
         log.info("reusing export %s", target)
         return target
     model = load_compressed(source)

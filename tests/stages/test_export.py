@@ -67,6 +67,11 @@ def test_quantize_without_llama_cpp_is_skipped_and_recorded(tmp_path, tiny_model
     cfg = _solved(tmp_path, tiny_model_dirs, **{"export.formats": "[gguf]", "export.quantize": "[q8_0]"})
     target = export.run(cfg)
     assert read_manifest(target).config["quantize"] == [] and not (target / "model-q8_0.gguf").exists()
+    # where llama.cpp is installed, the same export is rewritten with the quantized file
+    monkeypatch.setattr(export, "quantizer", lambda: object())
+    monkeypatch.setattr(export, "quantize_gguf", lambda src, out, quant: out.write_bytes(b"q") and out)
+    assert export.run(cfg) == target
+    assert read_manifest(target).config["quantize"] == ["q8_0"] and (target / "model-q8_0.gguf").is_file()
 
 
 def test_a_local_gguf_file_is_a_model_source(tmp_path, tiny_model_dirs) -> None:
