@@ -54,7 +54,8 @@ from stages import capture, prepare, solve, tokenize
 PAPER = ["compression=paper"]  # the paper's MoDeGPT exactly (conf/compression/paper.yaml)
 RESIDUAL = ["compression.curve_scale=residual"]  # the module budget without the KL probe (the default before 2026-12)
 METHODS = {  # name -> overrides on top of the run's config
-    "modegpt": [],  # this project's default solver (conf/compression/default.yaml)
+    "modegpt": [],  # this project's default solver (conf/compression/default.yaml: shape=deci)
+    "free": ["compression.shape=free"],  # ... with every module cut to any width (the default before 2026-12-05)
     "paper": PAPER,
     "uniform": [*PAPER, "compression.allocation=uniform"],
     # ablations (issue 15): one part of the paper's recipe changed at a time

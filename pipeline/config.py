@@ -59,7 +59,7 @@ class CompressionConfig:
     # What the compressed model must be to load in serving engines (pipeline.engine_shapes): free (any widths,
     # transformers only) | deci (attention whole, per-layer MLP widths: vLLM, SGLang, TRT-LLM, llama.cpp) |
     # stock (attention whole, one MLP width: the family's own class, every engine)
-    shape: str = "free"
+    shape: str = "deci"
     # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
     round_to: int | None = None
     # Type-I columns: leverage (the paper) | greedy (residual elimination) | energy (C_jj·‖W_D,j‖², no cross terms)
