@@ -40,6 +40,7 @@ from pipeline.modegpt import (
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
+from pipeline.solve_identity import ERROR_PROBE_FRACTIONS, PROBED_SCALES
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,9 @@ MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
 MASSIVE_RATIO = 1e4
 
-# compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error are measured by
-# the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
+# compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error (PROBED_SCALES)
+# are measured by the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
 CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
-PROBED_SCALES = ("kl", "kl-error")
-
-# curve_scale=kl-error: the kept fractions of the MLP width whose Type-I error covariances, averaged, shape the
-# probe's MLP-output noise (a reference, so that one probe serves every rate)
-ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
 
 
 @dataclass(frozen=True)

@@ -38,25 +38,18 @@ from pipeline.artifacts import (
 from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
-from pipeline.capture.sensitivity import (
-    POSITIONS,
-    PROBE_VERSION,
-    RELATIVE_NOISE,
-    SEQUENCES,
-    noise_factor,
-    output_sensitivity,
-)
+from pipeline.capture.sensitivity import noise_factor, output_sensitivity
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.progress import progress
 from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
-from pipeline.solver import ERROR_PROBE_FRACTIONS, PROBED_SCALES, SolverSettings
+from pipeline.solve_identity import PROBED_SCALES, curves_key, probe_key
+from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
 
-CURVES_VERSION = 1  # bump when module_error_curves changes what it computes
 # curve_scale=kl-error keeps every layer's probe-noise factor in memory between probe batches while they take at
 # most this much (d² float32 per layer: SmolLM2 40 MB); above it (70B models: 21 GB) each batch recomputes them
 NOISE_FACTOR_CACHE_BYTES = 1 << 30
@@ -185,20 +178,12 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     """Every layer's module error curves for ``compression.allocation=error``: one pass over the store, cached in a
     file named by what produced it (they do not depend on the rate, so every rate of a sweep reuses them)."""
     k = cfg.compression
-    key = {"store": store_fingerprint, "method": k.method, "version": CURVES_VERSION, "max_sparsity": k.max_sparsity,
-           **({"fisher_mix": k.fisher_mix} if k.fisher_mix else {}),
-           **({"curve_scale": k.curve_scale} if k.curve_scale != "residual" else {}),
-           # the probe's noise is drawn batch by batch: the batch size changes the draws
-           **({"kl_probe": [SEQUENCES, POSITIONS, RELATIVE_NOISE, cfg.calibration.batch_size, PROBE_VERSION]}
-              if k.curve_scale in PROBED_SCALES else {}),
-           **({"error_probe_fractions": list(ERROR_PROBE_FRACTIONS)} if k.curve_scale == "kl-error" else {}),
-           **{n: getattr(settings, n) for n in ("ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
-                                                 "mlp_selection")}}
+    key = {"store": store_fingerprint, **(curves_key(k) or {})}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
-    sensitivity = (_output_sensitivity(cfg, store, store_fingerprint, adapter, method, settings, device, key)
+    sensitivity = (_output_sensitivity(cfg, store, store_fingerprint, adapter, method, settings, device)
                    if k.curve_scale in PROBED_SCALES else None)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
@@ -216,14 +201,12 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
 
 
 def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
-                        settings: SolverSettings, device: torch.device, curves_key: dict[str, Any]) -> torch.Tensor:
-    """The KL probe's [layers, 2] sensitivities, in a file of their own. The isotropic probe (``kl``) depends on the
-    calibration tokens and the model only (the store's fingerprint), so every solver setting under it (selection,
-    ridges, refit, floors) reuses one probe, the dearest part of the curves; the shaped probe (``kl-error``) also
-    depends on what shapes its noise, so it is keyed like the curves themselves."""
+                        settings: SolverSettings, device: torch.device) -> torch.Tensor:
+    """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the isotropic
+    probe (``kl``) depends on the calibration tokens and the model only, so every solver setting under it reuses
+    one probe, the dearest part of the curves."""
     k = cfg.compression
-    key = (curves_key if k.curve_scale == "kl-error"
-           else {"store": store_fingerprint, "curve_scale": k.curve_scale, "kl_probe": curves_key["kl_probe"]})
+    key = {"store": store_fingerprint, **(probe_key(k) or {})}
     path = ArtifactPaths(cfg).output_sensitivity(fingerprint(key))
     made_for = json.dumps(key, sort_keys=True)
     if path.exists():

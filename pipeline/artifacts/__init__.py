@@ -53,7 +53,6 @@ from .layout import (
     MANIFEST,
     METRICS,
     PLAN,
-    SOLVER_KEYS,
     TOKENS_FILE,
     ArtifactPaths,
     layer_file,
@@ -78,7 +77,7 @@ from .manifest import (
 __all__ = [
     "ASSEMBLE", "ASSEMBLE_VERSION", "CAPTURE", "CAPTURE_VERSION", "COMPLETE", "CONVERT_VERSION", "EVALUATE",
     "EVALUATE_VERSION", "EVAL_KEYS", "LAYERS_DIR", "MANIFEST", "METRICS", "PARTIAL", "PLAN", "PREPARE", "SOLVE",
-    "SOLVER_KEYS", "SOLVE_VERSION", "TOKENIZE", "TOKENIZE_VERSION", "TOKENS_FILE", "ArtifactError", "ArtifactPaths",
+    "SOLVE_VERSION", "TOKENIZE", "TOKENIZE_VERSION", "TOKENS_FILE", "ArtifactError", "ArtifactPaths",
     "Manifest", "achieved_rates", "artifact_state", "atomic_dir", "atomic_path", "atomic_write_json",
     "atomic_write_text", "canonical_json", "conversion_manifest", "describe_mismatch", "expected_checkpoint",
     "expected_dense_evaluation", "expected_evaluation", "expected_export", "expected_solve", "expected_store",

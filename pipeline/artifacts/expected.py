@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.assets import gguf_source
+from pipeline.solve_identity import solve_key
 
 from .atomic import fingerprint
 from .identity import gguf_identity, text_identity, weights_identity
-from .layout import SOLVER_KEYS, TOKENIZE_KEYS, ArtifactPaths, resolve_rate
+from .layout import TOKENIZE_KEYS, ArtifactPaths, resolve_rate
 from .manifest import COMPLETE, Manifest
 
 # Stage names (a manifest's ``stage``) and code versions.
@@ -24,7 +25,7 @@ PREPARE, CONVERT_VERSION = "prepare", "convert-1"
 TOKENIZE, TOKENIZE_VERSION = "tokenize", "tokenize-1"
 CAPTURE, CAPTURE_VERSION = "capture", "capture-1"
 FISHER_VERSION = 2  # the calibration.fisher sums (a store config key only when on)
-SOLVE, SOLVE_VERSION = "solve", "solve-2"
+SOLVE, SOLVE_VERSION = "solve", "solve-3"  # 3: the key holds every compression field and the curves' and probe's
 ASSEMBLE, ASSEMBLE_VERSION = "assemble", "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24)
 EXPORT, EXPORT_VERSION = "export", "export-1"
 EVALUATE, EVALUATE_VERSION = "evaluate", "evaluate-1"
@@ -92,8 +93,7 @@ def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
 
 
 def expected_solve(cfg: Any, store_fingerprint: str, rate: float | None = None) -> Manifest:
-    k = cfg.compression
-    config = {key: k[key] for key in SOLVER_KEYS} | {"rate": resolve_rate(cfg, rate)}
+    config = solve_key(cfg.compression, resolve_rate(cfg, rate))
     return Manifest(stage=SOLVE, code_version=SOLVE_VERSION, config=config, inputs={"store": store_fingerprint})
 
 

@@ -33,6 +33,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipeline.solve_identity import solve_key
+
 from .atomic import fingerprint
 from .identity import text_identity, weights_identity
 
@@ -54,12 +56,6 @@ REQUEST_CACHE_KEYS = ("batch_size",)
 EVAL_KEYS = (
     "tasks", "limit", "batch_size", "num_fewshot", "offline", "average_metric", "seed", "perplexity", "wikitext_path",
     "perplexity_max_windows", "perplexity_batch_size",
-)
-# Compression keys that change the solver's output (everything but the rate list used for sweeps).
-SOLVER_KEYS = (
-    "method", "allocation", "temperature", "max_sparsity", "ridge_lambda", "nystrom_ridge", "eig_floor", "round_to",
-    "mlp_selection", "mlp_refit", "sequential", "sequential_target", "fisher_mix",
-    "curve_scale", "shape",
 )
 
 
@@ -152,8 +148,7 @@ class ArtifactPaths:
 
     def compression_tag(self, rate: float | None = None) -> str:
         k = self.cfg.compression
-        solver = {key: k[key] for key in SOLVER_KEYS}
-        return f"{k.method}-{k.allocation}-{_rate_tag(self.rate(rate))}-{fingerprint(solver)[:8]}"
+        return f"{k.method}-{k.allocation}-{_rate_tag(self.rate(rate))}-{fingerprint(solve_key(k))[:8]}"
 
     @property
     def solves(self) -> Path:

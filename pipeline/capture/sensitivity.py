@@ -30,29 +30,33 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from pipeline.adapters import ModelAdapter, output_source
+from pipeline.progress import progress
+from pipeline.solve_identity import PROBE_POSITIONS, PROBE_RELATIVE_NOISE, PROBE_SEED, PROBE_SEQUENCES
 
 log = logging.getLogger(__name__)
 
-RELATIVE_NOISE = 0.02  # σ as a fraction of the module output's RMS: small enough for the quadratic regime
-SEQUENCES = 8  # calibration sequences probed (the first ones): enough tokens for a stable mean
-# positions probed per sequence (the first ones). The probe runs about layers² block passes over its tokens, a
-# capture layers passes over the calibration's: with 8 × 512 probe tokens it costs layers × 4096 / (calibration
-# tokens) captures (80 layers, the paper's 128 × 2048: 1.25; SmolLM2's 30 layers, the default 32 × 512: 7.5)
-POSITIONS = 512
+# The probe's settings and version live with the solve's identity (pipeline.solve_identity), which keys them. The
+# probe runs about layers² block passes over its tokens, a capture layers passes over the calibration's: with 8 × 512
+# probe tokens it costs layers × 4096 / (calibration tokens) captures (80 layers, the paper's 128 × 2048: 1.25;
+# SmolLM2's 30 layers, the default 32 × 512: 7.5).
+RELATIVE_NOISE, SEQUENCES, POSITIONS = PROBE_RELATIVE_NOISE, PROBE_SEQUENCES, PROBE_POSITIONS
 LOGIT_BUDGET = 1 << 24  # logits (positions × vocabulary) compared at once, in float64
-# 2: block by block, log-probabilities in float64 (float32's rounding is not small against a KL this small)
-PROBE_VERSION = 2
 
 
 @dataclass
 class _Stream:
     layer: int
     site: int  # 0: attention output (o_proj), 1: MLP output (down_proj)
-    sigma: float
+    sigma: torch.Tensor  # [batch]: each sequence's own σ
     hidden: torch.Tensor
+
+
+def _draw_seed(seed: int, sequence: int, layer: int, site: int) -> int:
+    """One generator seed per (probe seed, calibration sequence, layer, module): the draws a sequence gets do not
+    depend on which batch it is in."""
+    return ((seed * 1_000_003 + sequence) * 100_003 + layer) * 2 + site
 
 
 def noise_factor(covariance: torch.Tensor) -> torch.Tensor:
@@ -67,17 +71,22 @@ def noise_factor(covariance: torch.Tensor) -> torch.Tensor:
     return ((evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T).float()
 
 
-def _perturbing(linear: Any, relative_noise: float, generator: torch.Generator, sigma: list[float],
+def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: list[torch.Tensor],
                 factor: torch.Tensor | None = None) -> Any:
-    """A forward hook adding N(0, σ²) noise to ``linear``'s output, σ = relative_noise × its RMS (appended to
-    ``sigma``); with ``factor`` L̂ ([d, d]) the noise is z L̂ᵀ, of covariance σ² L̂ L̂ᵀ. The isotropic draws z come
-    from the CPU generator so every device sees the same draws."""
+    """A forward hook adding N(0, σ_b²) noise to sequence b of ``linear``'s output, σ_b = relative_noise × that
+    sequence's RMS (appended to ``sigma`` as a [batch] tensor); with ``factor`` L̂ ([d, d]) the noise is z L̂ᵀ, of
+    covariance σ² L̂ L̂ᵀ. Sequence b's isotropic draws z come from a CPU generator seeded with ``seeds[b]``, so every
+    device and every batching sees the same draws."""
     _, cols = output_source(linear)
 
     def perturb(m: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
         part = out[..., cols]
-        sigma.append(relative_noise * float(part.float().square().mean().sqrt()))
-        noise = (torch.randn(part.shape, generator=generator, dtype=torch.float32) * sigma[-1]).to(out.device)
+        # [sequence, position, channel] whether the block keeps a batch axis or flattens it (OPT's MLP)
+        rows = part.reshape(len(seeds), -1, part.shape[-1])
+        sigma.append(relative_noise * rows.float().square().mean(dim=(1, 2)).sqrt().cpu())
+        draws = torch.stack([torch.randn(rows.shape[1:], generator=torch.Generator().manual_seed(s),
+                                         dtype=torch.float32) for s in seeds])
+        noise = (draws * sigma[-1].view(-1, 1, 1)).reshape(part.shape).to(out.device)
         if factor is not None:
             noise = noise @ factor.to(out.device, torch.float32).T
         out = out.clone()
@@ -139,10 +148,9 @@ class _Head:
 NoiseFactor = Callable[[int], torch.Tensor | None]  # layer -> L̂ of its MLP output's noise (None: isotropic)
 
 
-def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.device, relative_noise: float,
-                 generator: torch.Generator, totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None = None
-                 ) -> None:
-    """Add one batch's 2·Σ_t KL / σ² per module to ``totals``."""
+def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device: torch.device, relative_noise: float,
+                 seed: int, totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None = None) -> None:
+    """Add one batch's 2·Σ_t KL / σ² per module to ``totals``; ``first``: the batch's first sequence index."""
     model, blocks, layers = adapter.model, adapter.decoder_layers(), adapter.layers()
     clean, kwargs = adapter.block_inputs(batch)
     streams: list[_Stream] = []
@@ -156,9 +164,10 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
         # module budget keeps attention whole, so its curves' scale hardly matters).
         factors = (None, None if mlp_noise_factor is None else mlp_noise_factor(index))
         for site, linear in enumerate((layers[index].o_proj, layers[index].down_proj)):
-            sigma: list[float] = []
+            sigma: list[torch.Tensor] = []
+            seeds = [_draw_seed(seed, first + b, index, site) for b in range(batch.shape[0])]
             handle = output_source(linear)[0].register_forward_hook(
-                _perturbing(linear, relative_noise, generator, sigma, factors[site]))
+                _perturbing(linear, relative_noise, seeds, sigma, factors[site]))
             try:
                 hidden = adapter.run_block(block, clean, kwargs)
             finally:
@@ -172,28 +181,29 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, device: torch.devic
         reference = head.log_probs(clean, positions)
         probabilities = reference.exp()
         for stream in streams:
-            kl = (probabilities * (reference - head.log_probs(stream.hidden, positions))).sum()
-            totals[stream.layer, stream.site] += 2.0 * kl / max(stream.sigma**2, 1e-300)
+            kl = (probabilities * (reference - head.log_probs(stream.hidden, positions))).sum(dim=(1, 2)).cpu()
+            totals[stream.layer, stream.site] += (2.0 * kl / stream.sigma.double().square().clamp_min(1e-300)).sum()
 
 
 @torch.no_grad()
 def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
                        sequences: int = SEQUENCES, positions: int = POSITIONS, relative_noise: float = RELATIVE_NOISE,
-                       seed: int = 0, mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
+                       seed: int = PROBE_SEED, mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
     0) and MLP output (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences``
     calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was.
 
     ``mlp_noise_factor(l)``, if given, is asked for layer l's L̂ ([d, d], L̂ L̂ᵀ of trace d: ``noise_factor``) each
     time block l is reached; the MLP output's noise is then shaped by it (None: isotropic)."""
-    generator = torch.Generator().manual_seed(seed)
     totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
     probe = input_ids[:sequences, :positions]
     home = next(adapter.model.get_input_embeddings().parameters()).device
     adapter.move_non_layer_modules(device)
     try:
-        for batch in tqdm(probe.split(batch_size), desc="output sensitivity", unit="batch", disable=None):
-            _probe_batch(adapter, batch.to(device), device, relative_noise, generator, totals, mlp_noise_factor)
+        batches = list(enumerate(probe.split(batch_size)))
+        for number, batch in progress(batches, desc="KL probe", unit="batch"):
+            _probe_batch(adapter, batch.to(device), number * batch_size, device, relative_noise, seed, totals,
+                         mlp_noise_factor)
     finally:
         adapter.move_non_layer_modules(home)
     tokens = probe.numel()

@@ -65,21 +65,24 @@ def test_kl_probe_estimates_the_fisher_trace() -> None:
 
 
 def _naive_sensitivity(model: torch.nn.Module, adapter, ids: torch.Tensor, batch_size: int, seed: int) -> torch.Tensor:
-    """The same estimate by whole-model forward passes: one clean, and one per module with its output perturbed,
-    drawing the noise in the same order (batch, layer, attention then MLP)."""
-    generator = torch.Generator().manual_seed(seed)
+    """The same estimate by whole-model forward passes, one sequence at a time: one clean, and one per module with
+    its output perturbed by that sequence's own draws (seeded by sequence, layer and module) and σ."""
     totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
-    for batch in ids.split(batch_size):
+    for number, row in enumerate(ids):
+        batch = row.unsqueeze(0)
         clean = F.log_softmax(model(input_ids=batch).logits.double(), dim=-1)
         for i, layer in enumerate(adapter.layers()):
             for site, linear in enumerate((layer.o_proj, layer.down_proj)):
                 module, cols = output_source(linear)
                 sigma = []
+                generator = torch.Generator().manual_seed(sensitivity._draw_seed(seed, number, i, site))
 
-                def perturb(m, args, out, cols=cols, sigma=sigma):
+                def perturb(m, args, out, cols=cols, sigma=sigma, generator=generator):
                     sigma.append(RELATIVE_NOISE * float(out[..., cols].float().square().mean().sqrt()))
                     out = out.clone()
-                    out[..., cols] += torch.randn(out[..., cols].shape, generator=generator) * sigma[0]
+                    part = out[..., cols]  # [1, T, n], or [T, n] where the block flattens its batch (OPT's MLP)
+                    draws = torch.randn((part.numel() // part.shape[-1], part.shape[-1]), generator=generator)
+                    out[..., cols] += draws.reshape(part.shape) * sigma[0]
                     return out
 
                 handle = module.register_forward_hook(perturb)
@@ -152,3 +155,17 @@ def test_shaped_mlp_noise_measures_the_fisher_along_its_covariance() -> None:
     for p, q in zip(plain, shaped, strict=True):
         q[layer, 1] = p[layer, 1]
         assert torch.equal(p, q)
+
+
+def test_batching_changes_nothing_but_the_seed_does() -> None:
+    """calibration.batch_size only batches the probe: each sequence's draws and σ are its own."""
+    model = random_model(tiny_config("llama"), seed=0).eval()
+    adapter = adapter_for(model)
+    ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
+    cpu = torch.device("cpu")
+    one = output_sensitivity(adapter, ids, 1, cpu, sequences=4)
+    # float32 forwards of other batch shapes round differently (~1e-6 of a sensitivity); another seed moves ~10%
+    assert torch.allclose(output_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-5, atol=0)
+    assert torch.allclose(output_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-5, atol=0)
+    other = output_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1)
+    assert not torch.allclose(other, one, rtol=1e-2, atol=0)

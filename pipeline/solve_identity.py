@@ -1,0 +1,71 @@
+"""What a solve reads, as keys: the solve's own, and those of the error curves and KL-probe sensitivities it uses.
+
+One place derives all three from the compression schema's fields and the code versions below, so an artifact's
+name and manifest change whenever anything that produced it changes (a new schema field included, with no list to
+update), and the stage's caches of curves and sensitivities are keyed by the same functions. Plain data only (no
+torch): ``pipeline.artifacts`` names directories from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from omegaconf import OmegaConf
+
+CURVES_VERSION = 1  # bump when the module error curves change what they compute
+# 3: the probe's noise drawn per calibration sequence (seeded by sequence, layer and module), its σ from each
+# sequence's own RMS: calibration.batch_size only batches it
+PROBE_VERSION = 3
+PROBE_SEQUENCES = 8  # calibration sequences probed (the first ones)
+PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
+PROBE_RELATIVE_NOISE = 0.02  # σ as a fraction of the module output's RMS: small enough for the quadratic regime
+PROBE_SEED = 0
+# compression.curve_scale values measured by the KL probe, and the kept MLP fractions whose Type-I error
+# covariances shape kl-error's noise
+PROBED_SCALES = ("kl", "kl-error")
+ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+# Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead
+SWEEP_FIELDS = ("rate", "rates")
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def compression_fields(compression: Any) -> dict[str, Any]:
+    """Every field of the compression schema but the sweep's, as plain values."""
+    from pipeline.config import CompressionConfig
+
+    return {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
+            if f.name not in SWEEP_FIELDS}
+
+
+def probe_key(compression: Any) -> dict[str, Any] | None:
+    """The KL probe's key (None when the solve runs no probe). The isotropic probe depends on the tokens and model
+    only (the store, which callers add), so every solver setting shares it; kl-error's noise is shaped by the
+    error curves' keep order, so its key holds every compression field too."""
+    k = compression
+    if k.allocation != "error" or k.curve_scale not in PROBED_SCALES:
+        return None
+    key: dict[str, Any] = {"curve_scale": k.curve_scale, "version": PROBE_VERSION, "sequences": PROBE_SEQUENCES,
+                           "positions": PROBE_POSITIONS, "relative_noise": PROBE_RELATIVE_NOISE, "seed": PROBE_SEED}
+    if k.curve_scale == "kl-error":
+        key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS), "compression": compression_fields(k)}
+    return key
+
+
+def curves_key(compression: Any) -> dict[str, Any] | None:
+    """The module error curves' key (None when the allocation reads none): every compression field (so no setting
+    the curves read can be left out), the curves' code version and the probe they are scaled by."""
+    if compression.allocation != "error":
+        return None
+    return {"version": CURVES_VERSION, "compression": compression_fields(compression),
+            "probe": probe_key(compression)}
+
+
+def solve_key(compression: Any, rate: float | None = None) -> dict[str, Any]:
+    """A solve's identity besides its store: every compression field, the rate (when given), and the code
+    versions and settings of the curves and probe behind its plan."""
+    key = compression_fields(compression) | {"curves": curves_key(compression)}
+    return key if rate is None else key | {"rate": float(rate)}
