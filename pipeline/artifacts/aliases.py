@@ -23,6 +23,9 @@ from .manifest import read_manifest
 
 # Fields of a latest-view file that name the artifact it stands for (pointers; a rate's metrics).
 REFERENCE_FIELDS = ("path", "checkpoint")
+# Stages whose latest artifact is also a symlink beside its pointer, for people to open: latest/.../checkpoint/
+# (the transformers folder) and latest/.../export/ (the engines' files)
+LINKS = {ASSEMBLE: "checkpoint", EXPORT: "export"}
 
 
 def _pointed(paths: ArtifactPaths, stage: str) -> Path | None:
@@ -51,6 +54,8 @@ def publish(cfg: Any, stage: str) -> None:
         text = pointer_text(artifact, stage)
         if text is not None:
             _write_if_changed(paths.pointer(stage), text)
+            if stage in LINKS:
+                _link(paths.pointer(stage).with_name(LINKS[stage]), artifact)
     elif stage == EVALUATE and paths.rate_metrics().is_file():
         _write_if_changed(paths.latest_metrics(), paths.rate_metrics().read_text(encoding="utf-8"))
     elif stage == REPORT and paths.report.is_dir():
@@ -60,7 +65,20 @@ def publish(cfg: Any, stage: str) -> None:
                     shutil.copyfile(f, tmp / f.name)
 
 
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` (absolute), replaced atomically when it pointed elsewhere."""
+    target = Path(os.path.abspath(target))
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    temp = link.with_name(f".{link.name}.tmp")
+    temp.unlink(missing_ok=True)
+    os.symlink(target, temp, target_is_directory=True)
+    os.replace(temp, link)
+
+
 def _references(view: Path) -> list[Path]:
+    if view.is_symlink():
+        return [Path(os.readlink(view))]
     try:
         doc = json.loads(view.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -81,7 +99,8 @@ def views_of(root: Path, removed: Iterable[Path]) -> list[Path]:
         return []
     gone = [Path(os.path.abspath(p)) for p in removed]
     found = []
-    for view in sorted(latest.rglob("*.json")):
+    links = [p for p in latest.rglob("*") if p.is_symlink()]
+    for view in sorted([*latest.rglob("*.json"), *links]):
         refs = [Path(os.path.abspath(r)) for r in _references(view)]
         if any(_within(r, g) for r in refs for g in gone):
             found.append(view)

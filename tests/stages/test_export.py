@@ -96,3 +96,16 @@ def test_a_local_gguf_file_is_a_model_source(tmp_path, tiny_model_dirs) -> None:
     missing = compose_config([*overrides, f"model.source={tmp_path / 'nope.gguf'}"])
     with pytest.raises(Exception, match=r"model.source=.*nope.gguf' does not exist: expected a local .gguf file"):
         prepare.run(missing)
+
+
+def test_run_exports_and_the_latest_view_links_checkpoint_and_export(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+    overrides = tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+        **DECI, "eval.tasks": "[piqa]", "eval.limit": 2, "eval.perplexity_max_windows": 1})
+    modegpt(["run", *overrides], monkeypatch)
+    paths = ArtifactPaths(compose_config(overrides))
+    checkpoint, exported = paths.latest_run / "checkpoint", paths.latest_run / "export"
+    assert checkpoint.resolve() == paths.checkpoint().resolve() and (checkpoint / "config.json").is_file()
+    assert exported.resolve() == paths.export().resolve() and (exported / "model-f16.gguf").is_file()
+    assert json.loads(paths.pointer("export").read_text())["path"] == str(paths.export())
+    modegpt(["gc", f"paths.root={paths.root}", str(paths.run_root)], monkeypatch)
+    assert not checkpoint.is_symlink() and not exported.is_symlink()  # gc drops the links to what it removed
