@@ -49,21 +49,13 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     if checkpoint is None or checkpoint.status != COMPLETE:
         raise ExportError(f"no complete compressed checkpoint at {source}: run `modegpt assemble` first")
     x = cfg.export
-    quantized = list(x.quantize) if "gguf" in x.formats and quantizer() is not None else []
-    if "gguf" in x.formats and x.quantize and not quantized:
-        log.info("export.quantize=%s skipped: llama.cpp is not installed here (`make engines` installs "
-                 "llama-cpp-python into .venv-engines; run the export from there)", list(x.quantize))
-    expected = expected_export(cfg, checkpoint.fingerprint, quantized)
+    expected = expected_export(cfg, checkpoint.fingerprint)
     target = paths.export(rate)
-    overwrite = list(cfg.overwrite)
-    existing = read_manifest(target)
-    if existing is not None and existing.inputs == expected.inputs and existing.fingerprint != expected.fingerprint:
-        # the same checkpoint under other export settings (a venv with llama.cpp adds the quantized files): an
-        # export is cheap and derived from the checkpoint alone, so it is rewritten rather than refused
-        log.info("export settings changed (quantize %s -> %s): rewriting %s", existing.config.get("quantize"),
-                 expected.config["quantize"], target)
-        overwrite.append(expected.stage)
-    if prepare_output(target, expected, overwrite) == "skip":
+    quantize = list(x.quantize) if "gguf" in x.formats else []
+    can_quantize = quantizer() is not None
+    if prepare_output(target, expected, cfg.overwrite) == "skip":
+        if can_quantize and read_manifest(target).extra.get("not_quantized"):
+            return _add_quantized(target, x.gguf_dtype)
         log.info("reusing export %s", target)
         return target
     model = load_compressed(source)
@@ -82,13 +74,30 @@ def run(cfg: Any, rate: float | None = None) -> Path:
             base = write_gguf(em, tmp / gguf_name(x.gguf_dtype), x.gguf_dtype, tokenizer_dir,
                               source_gguf=gguf_source(cfg.model), name=f"{cfg.model.name}-{kind}")
             files.append(base.name)
-            for quant in quantized:
+            for quant in quantize if can_quantize else []:
                 files.append(quantize_gguf(base, tmp / gguf_name(quant), quant).name)
         expected.status = COMPLETE
         expected.extra = {"shape": kind, "mlp_widths": em.mlp_widths, "files": files,
-                          "bytes": {f: _size(tmp / f) for f in files}}
+                          "bytes": {f: _size(tmp / f) for f in files},
+                          "not_quantized": [] if can_quantize else quantize}
         write_manifest(tmp, expected)
+    if quantize and not can_quantize:
+        log.info("export.quantize=%s not made: llama.cpp is not installed here (`make engines` installs "
+                 "llama-cpp-python into .venv-llama; `.venv-llama/bin/modegpt export` then adds them)", quantize)
     log.info("exported %s (%s) to %s", ", ".join(files), kind, target)
+    return target
+
+
+def _add_quantized(target: Path, dtype: str) -> Path:
+    """Make the quantized GGUFs an export was written without (no llama.cpp then), each file atomically."""
+    manifest = read_manifest(target)
+    for quant in list(manifest.extra["not_quantized"]):
+        made = quantize_gguf(target / gguf_name(dtype), target / gguf_name(quant), quant)
+        manifest.extra["files"].append(made.name)
+        manifest.extra["bytes"][made.name] = _size(made)
+        manifest.extra["not_quantized"].remove(quant)
+        write_manifest(target, manifest)
+        log.info("added %s to export %s", made.name, target)
     return target
 
 

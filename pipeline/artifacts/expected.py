@@ -17,7 +17,7 @@ from pipeline.solve_identity import solve_key
 
 from .atomic import fingerprint
 from .identity import gguf_identity, text_identity, weights_identity
-from .layout import TOKENIZE_KEYS, ArtifactPaths, resolve_rate
+from .layout import TOKENIZE_KEYS, ArtifactPaths, export_settings, resolve_rate
 from .manifest import COMPLETE, Manifest
 
 # Stage names (a manifest's ``stage``) and code versions.
@@ -102,12 +102,10 @@ def expected_checkpoint(cfg: Any, solve_fingerprint: str) -> Manifest:
                     inputs={"solve": solve_fingerprint})
 
 
-def expected_export(cfg: Any, checkpoint_fingerprint: str, quantized: list[str]) -> Manifest:
-    """The engine formats of a checkpoint; ``quantized``: the GGUF quantizations this environment can make (so a
-    rerun where llama.cpp has since been installed adds them, instead of reusing an export without them)."""
-    x = cfg.export
-    return Manifest(stage=EXPORT, code_version=EXPORT_VERSION,
-                    config={"formats": sorted(x.formats), "gguf_dtype": x.gguf_dtype, "quantize": sorted(quantized)},
+def expected_export(cfg: Any, checkpoint_fingerprint: str) -> Manifest:
+    """The engine formats of a checkpoint. Quantizations that could not be made (no llama.cpp in this venv) are
+    listed in the manifest's ``not_quantized`` and added by a later export that can."""
+    return Manifest(stage=EXPORT, code_version=EXPORT_VERSION, config=export_settings(cfg),
                     inputs={"checkpoint": checkpoint_fingerprint})
 
 

@@ -59,6 +59,12 @@ EVAL_KEYS = (
 )
 
 
+def export_settings(cfg: Any) -> dict[str, Any]:
+    """Every export setting (the schema's fields), lists sorted: what names an export beside its solve's tag."""
+    x = cfg.export
+    return {k: (sorted(str(v) for v in x[k]) if k in ("formats", "quantize") else x[k]) for k in x}
+
+
 def layer_file(solve_dir: Path, layer: int) -> Path:
     """One layer's solved factors inside a solve artifact."""
     return solve_dir / LAYERS_DIR / f"{layer:05d}.safetensors"
@@ -174,8 +180,10 @@ class ArtifactPaths:
         return self.run_root / "compressed" / self.compression_tag(rate)
 
     def export(self, rate: float | None = None) -> Path:
-        """The compressed model in serving engines' formats (``hf/``, ``model-<dtype>.gguf``, quantized GGUFs)."""
-        return self.run_root / "export" / self.compression_tag(rate)
+        """The compressed model in serving engines' formats (``hf/``, ``model-<dtype>.gguf``, quantized GGUFs): one
+        directory per solve and export settings."""
+        key = fingerprint(export_settings(self.cfg))[:KEY_HEX]
+        return self.run_root / "export" / f"{self.compression_tag(rate)}-{key}"
 
     def eval_config(self) -> dict[str, Any]:
         """Everything that changes an evaluation's numbers."""

@@ -62,16 +62,22 @@ def test_free_solve_is_refused_and_the_run_chain_skips_export(tmp_path, tiny_mod
     assert not ArtifactPaths(compose_config(overrides)).export().exists()
 
 
-def test_quantize_without_llama_cpp_is_skipped_and_recorded(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+def test_quantize_without_llama_cpp_is_recorded_and_added_later(tmp_path, tiny_model_dirs, monkeypatch) -> None:
     monkeypatch.setattr(export, "quantizer", lambda: None)
     cfg = _solved(tmp_path, tiny_model_dirs, **{"export.formats": "[gguf]", "export.quantize": "[q8_0]"})
     target = export.run(cfg)
-    assert read_manifest(target).config["quantize"] == [] and not (target / "model-q8_0.gguf").exists()
-    # where llama.cpp is installed, the same export is rewritten with the quantized file
+    assert read_manifest(target).extra["not_quantized"] == ["q8_0"] and not (target / "model-q8_0.gguf").exists()
+    assert export.run(cfg) == target  # reused as it is where llama.cpp is still missing
+    # where llama.cpp is installed, the same export gets the quantized file
     monkeypatch.setattr(export, "quantizer", lambda: object())
     monkeypatch.setattr(export, "quantize_gguf", lambda src, out, quant: out.write_bytes(b"q") and out)
     assert export.run(cfg) == target
-    assert read_manifest(target).config["quantize"] == ["q8_0"] and (target / "model-q8_0.gguf").is_file()
+    manifest = read_manifest(target)
+    assert manifest.extra["not_quantized"] == [] and "model-q8_0.gguf" in manifest.extra["files"]
+    assert (target / "model-q8_0.gguf").is_file()
+    other = compose_config([*tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{**DECI}),
+                            "export.formats=[gguf]", "export.gguf_dtype=f32"])
+    assert ArtifactPaths(other).export() != target  # other export settings: an export of their own
 
 
 def test_a_local_gguf_file_is_a_model_source(tmp_path, tiny_model_dirs) -> None:
