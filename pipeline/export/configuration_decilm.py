@@ -43,7 +43,7 @@ class DeciLMConfig(PretrainedConfig):
     def __init__(self, vocab_size: int = 32000, hidden_size: int = 4096, num_hidden_layers: int = 32,
                  num_attention_heads: int = 32, head_dim: int | None = None, hidden_act: str = "silu",
                  max_position_embeddings: int = 2048, initializer_range: float = 0.02, rms_norm_eps: float = 1e-6,
-                 use_cache: bool = True, rope_theta: float = 10000.0, rope_scaling: dict[str, Any] | None = None,
+                 use_cache: bool = True, rope_theta: float | None = None, rope_scaling: dict[str, Any] | None = None,
                  attention_bias: bool = False, attention_dropout: float = 0.0, mlp_bias: bool = False,
                  tie_word_embeddings: bool = False, block_configs: list[Any] | None = None, **kwargs: Any) -> None:
         self.vocab_size = vocab_size
@@ -56,7 +56,10 @@ class DeciLMConfig(PretrainedConfig):
         self.initializer_range = initializer_range
         self.rms_norm_eps = rms_norm_eps
         self.use_cache = use_cache
-        self.rope_theta = rope_theta
+        # transformers 5 writes RoPE as ``rope_parameters`` only (it arrives in kwargs); engines that read
+        # ``rope_theta`` (SGLang, TensorRT-LLM) would otherwise get the 10000 default instead of the model's base
+        rope_parameters = kwargs.get("rope_parameters") or {}
+        self.rope_theta = rope_theta if rope_theta is not None else rope_parameters.get("rope_theta", 10000.0)
         self.rope_scaling = rope_scaling
         self.attention_bias = attention_bias
         self.attention_dropout = attention_dropout

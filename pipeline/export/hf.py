@@ -60,6 +60,10 @@ def deci_config(em: EngineModel) -> dict[str, Any]:
     hidden = int(em.config["hidden_size"])
     base = {k: v for k, v in em.config.items() if k not in _DROPPED and k not in ("intermediate_size",
                                                                                     "num_key_value_heads")}
+    if "rope_theta" not in base and (base.get("rope_parameters") or {}).get("rope_theta") is not None:
+        # a transformers-5 config keeps the RoPE base inside rope_parameters (vLLM reads it there); the
+        # engines' DeciLM configs read the top-level key
+        base["rope_theta"] = base["rope_parameters"]["rope_theta"]
     off_grid = [w for w in em.mlp_widths if w % DECI_MULTIPLE]
     if off_grid:
         log.warning("%d MLP widths are not multiples of %d (e.g. %d): written as ffn.intermediate_size, which vLLM "

@@ -44,6 +44,8 @@ def test_deci_folder_config_reads_back_per_layer_widths(tmp_path) -> None:
     widths = [engine_width(b.ffn.ffn_mult, config.hidden_size) for b in config.block_configs]
     assert widths == [256, 768, 512]
     assert {config.num_attention_heads // b.attention.n_heads_in_group for b in config.block_configs} == {2}
+    # the RoPE base reaches engines that read rope_theta (not only transformers 5's rope_parameters)
+    assert raw["rope_theta"] == config.rope_theta == model.config.rope_parameters["rope_theta"] != 10000.0
     # the config module the folder carries imports on its own (the engines load it as remote code)
     code = f"import sys; sys.path.insert(0, {str(tmp_path / 'deci')!r}); import configuration_decilm"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
