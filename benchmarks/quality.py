@@ -112,6 +112,20 @@ def weights_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def cached_perplexity(model: torch.nn.Module, ids: torch.Tensor, seq_len: int, max_windows: int | None, source: str,
+                      dtype: str, root: Path) -> float:
+    """WikiText-2 perplexity, cached by the model's weights themselves (not by where or how they were made) and the
+    windows, so adding a row reruns only it, a moved artifact still hits, and other benchmarks share the figures."""
+    key = {"model": weights_digest(model), "seq_len": seq_len, "max_windows": max_windows, "source": source,
+           "dtype": dtype}
+    cached = root / "benchmarks" / "perplexity-cache" / f"{fingerprint_of(key)[:16]}.json"
+    if cached.exists():
+        return read_json(cached)["perplexity"]
+    ppl = perplexity(model, ids, seq_len, max_windows=max_windows)["perplexity"]
+    atomic_write_json(cached, {"perplexity": ppl, **key})
+    return ppl
+
+
 def compose_cfg(overrides: list[str]):
     cfg = compose_config(overrides)
     validate(cfg)
@@ -207,16 +221,7 @@ def main() -> None:
                              request_cache=paths.eval_request_cache(fingerprint))
 
     def evaluate(model: torch.nn.Module, fingerprint: str, rate: float = 0.0) -> dict[str, Any]:
-        # Perplexities are cached by the model's weights themselves (not by where or how they were made) and the
-        # windows, so adding a row reruns only it and a moved artifact still hits.
-        key = {"model": weights_digest(model), "seq_len": args.seq_len, "max_windows": max_windows, "source": source,
-               "dtype": cfg.model.dtype}
-        cached = paths.root / "benchmarks" / "perplexity-cache" / f"{fingerprint_of(key)[:16]}.json"
-        if cached.exists():
-            ppl = read_json(cached)["perplexity"]
-        else:
-            ppl = perplexity(model, ids, args.seq_len, max_windows=max_windows)["perplexity"]
-            atomic_write_json(cached, {"perplexity": ppl, **key})
+        ppl = cached_perplexity(model, ids, args.seq_len, max_windows, source, cfg.model.dtype, paths.root)
         wanted = not args.zero_shot_rates or rate == 0.0 or rate in args.zero_shot_rates
         return {"ppl": ppl, "zero_shot": zero_shot(model, fingerprint) if wanted else None}
 

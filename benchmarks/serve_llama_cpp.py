@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from quality import cached_perplexity
 
 from pipeline.artifacts import ArtifactPaths
 from pipeline.assembly import load_compressed
 from pipeline.assets import gguf_source
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
-from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
+from pipeline.evaluation.perplexity import tokenize_stream, wikitext2_test_text
 from pipeline.export.gguf_file import quantize_gguf, write_gguf
 from pipeline.export.layout import engine_model
 from stages import assemble, capture, export, prepare, solve, tokenize
@@ -125,7 +126,8 @@ def main() -> None:
     prepare.run(cfg)
     paths = ArtifactPaths(cfg)
     tokenizer = load_tokenizer(cfg, paths.dense_model)
-    ids = tokenize_stream(tokenizer, wikitext2_test_text(cfg.eval.wikitext_path)[0])
+    text, source = wikitext2_test_text(cfg.eval.wikitext_path)
+    ids = tokenize_stream(tokenizer, text)
     seq_len = cfg.model.max_seq_len
     windows = ids[: (ids.numel() // seq_len) * seq_len].view(-1, seq_len)[: args.max_windows]
 
@@ -142,7 +144,10 @@ def main() -> None:
         if not path.exists():
             quantize_gguf(dense_f16, path, quant)
         files["dense"][quant] = path
-    hf_ppl["dense"] = perplexity(dense, ids, seq_len, max_windows=args.max_windows)["perplexity"]
+    def hf_perplexity(model: torch.nn.Module) -> float:  # quality.py's figure for the same weights, if it has one
+        return cached_perplexity(model, ids, seq_len, args.max_windows, source, cfg.model.dtype, paths.root)
+
+    hf_ppl["dense"] = hf_perplexity(dense)
     greedy: dict[str, list[bool]] = {}
     for rate in args.rates:
         name = f"deci {rate:g}"
@@ -152,7 +157,7 @@ def main() -> None:
         f32 = args.out / f"deci-{rate:g}-f32.gguf"
         write_gguf(engine_model(model), f32, "f32", exported / "hf", source_gguf=gguf_source(cfg.model))
         greedy[name] = greedy_matches(model, tokenizer, f32, args.new_tokens)
-        hf_ppl[name] = perplexity(model, ids, seq_len, max_windows=args.max_windows)["perplexity"]
+        hf_ppl[name] = hf_perplexity(model)
 
     print(f"\nllama.cpp (llama-cpp-python), 2 threads; perplexity on {windows.shape[0]} windows x {seq_len}")
     print("| model | GGUF | MiB | prompt tok/s | gen tok/s | ppl llama.cpp | ppl transformers (fp32) |")

