@@ -69,8 +69,8 @@ def main() -> None:
     del model
     compressed = engine(str(paths.export() / "hf"), remote=True)
     got = greedy(compressed, prompts, 32)
-    print(f"greedy, vLLM vs HF compressed (32 new tokens): {sum(g == w for g, w in zip(got, want, strict=True))}/{len(want)} "
-          "prompts identical", flush=True)
+    same = sum(g == w for g, w in zip(got, want, strict=True))
+    print(f"greedy, vLLM vs HF compressed (32 new tokens): {same}/{len(want)} prompts identical", flush=True)
     for g, w in zip(got, want, strict=True):
         if g != w:
             first = next(i for i, (a, b) in enumerate(zip(g, w, strict=False)) if a != b)
