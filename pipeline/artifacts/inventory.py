@@ -113,8 +113,10 @@ def _solve_file_entry(f: Path, key: str) -> Entry:
     with contextlib.suppress(Exception):
         with safe_open(str(f), "pt") as handle:
             made_for = json.loads((handle.metadata() or {}).get("key", "{}"))
-        produced = " ".join(f"{k}={_value(made_for[k])}" for k in ("store", "method", "mlp_selection", "curve_scale")
-                            if k in made_for)
+        # the curves' key nests the compression fields; the probe's holds curve_scale at the top
+        fields = made_for | made_for.get("compression", {})
+        produced = " ".join(f"{k}={_value(fields[k])}" for k in ("store", "method", "mlp_selection", "curve_scale")
+                            if k in fields)
     kind = f.name.split("-", 1)[0]
     return Entry(f, key, kind, "complete", f.stat().st_size, produced)
 

@@ -77,7 +77,9 @@ def test_fisher_and_kl_curve_scales_change_the_module_budget(tmp_path, tiny_mode
         plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
         assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
     assert plans["residual"] != plans["fisher"] and plans["residual"] != plans["kl"]
-    assert plans["kl-error"] != plans["kl"]  # the shaped probe weighs the MLPs differently
+    # The shaped probe measures the MLPs differently (on a 3-layer model the plans may still coincide).
+    probes = [load_file(str(f))["sensitivity"] for f in ArtifactPaths(cfg).solves.glob("sensitivity-*.safetensors")]
+    assert len(probes) == 2 and not torch.allclose(probes[0][:, 1], probes[1][:, 1], rtol=1e-3)
     assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 4  # one per scale
 
 
