@@ -14,12 +14,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 CURVES_VERSION = 1  # bump when the module error curves change what they compute
-# 3: the probe's noise drawn per calibration sequence (seeded by sequence, layer and module), its σ from each
-# sequence's own RMS: calibration.batch_size only batches it
-PROBE_VERSION = 3
-PROBE_SEQUENCES = 8  # calibration sequences probed (the first ones)
+# 4: the probe's tr F by one backward pass with labels sampled from the model (pipeline.capture.sampled_fisher),
+# in place of a noisy forward pass per module; labels drawn per calibration sequence, so batching changes nothing
+PROBE_VERSION = 4
+PROBE_SEQUENCES = 32  # calibration sequences probed (the first ones; fewer where the calibration has fewer)
 PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
-PROBE_RELATIVE_NOISE = 0.02  # σ as a fraction of the module output's RMS: small enough for the quadratic regime
 PROBE_SEED = 0
 # compression.curve_scale values measured by the KL probe, and the kept MLP fractions whose Type-I error
 # covariances shape kl-error's noise
@@ -49,7 +48,7 @@ def probe_key(compression: Any) -> dict[str, Any] | None:
     if k.allocation != "error" or k.curve_scale not in PROBED_SCALES:
         return None
     key: dict[str, Any] = {"curve_scale": k.curve_scale, "version": PROBE_VERSION, "sequences": PROBE_SEQUENCES,
-                           "positions": PROBE_POSITIONS, "relative_noise": PROBE_RELATIVE_NOISE, "seed": PROBE_SEED}
+                           "positions": PROBE_POSITIONS, "seed": PROBE_SEED}
     if k.curve_scale == "kl-error":
         key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS), "compression": compression_fields(k)}
     return key

@@ -38,7 +38,8 @@ from pipeline.artifacts import (
 from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
-from pipeline.capture.sensitivity import noise_factor, output_sensitivity
+from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
+from pipeline.capture.sensitivity import noise_factor
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
@@ -218,8 +219,8 @@ def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: A
             return sensitivity
         log.warning("%s was made for another store or probe setting: probing again", path)
     factors = _mlp_noise_factors(cfg, store, adapter, method, settings, device) if k.curve_scale == "kl-error" else None
-    sensitivity = output_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
-                                     mlp_noise_factor=factors)
+    sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
+                                             mlp_noise_factor=factors)
     with atomic_path(path) as tmp:
         save_file({"sensitivity": sensitivity.contiguous()}, str(tmp), metadata={"key": made_for})
     return sensitivity

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from pipeline.adapters import adapter_for, output_source, tiny_model_types
 from pipeline.capture import sensitivity
+from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
 from pipeline.capture.sensitivity import RELATIVE_NOISE, noise_factor, output_sensitivity
 from pipeline.tiny import random_model, tiny_config
 
@@ -169,3 +170,47 @@ def test_batching_changes_nothing_but_the_seed_does() -> None:
     assert torch.allclose(output_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-5, atol=0)
     other = output_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1)
     assert not torch.allclose(other, one, rtol=1e-2, atol=0)
+
+
+# The probe the solve runs (PROBE_VERSION 4): the same tr F by one backward pass with labels the model samples.
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_sampled_fisher_estimates_the_fisher_trace(model_type: str) -> None:
+    model = random_model(tiny_config(model_type), seed=0)
+    adapter = adapter_for(model)
+    estimates = torch.stack([sampled_fisher_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
+                             for s in range(40)]).mean(0)
+    for layer, site, linear in ((0, 0, adapter.layer(0).o_proj), (1, 1, adapter.layer(1).down_proj)):
+        ratio = float(estimates[layer, site]) / _exact_fisher_trace(model, linear)
+        assert abs(ratio - 1) < 0.15, (layer, site, ratio)
+    assert all(p.grad is None for p in model.parameters())  # gradients taken for the outputs only
+
+
+def test_sampled_fisher_with_a_noise_factor_measures_the_fisher_along_it() -> None:
+    model = random_model(tiny_config("llama"), seed=0)
+    adapter = adapter_for(model)
+    layer, linear = 1, adapter.layer(1).down_proj
+    fisher = _exact_fisher(model, linear)
+    d = fisher.shape[0]
+    top = torch.linalg.eigh(fisher).eigenvectors[:, -(d // 4):]
+    factor = (2.0 * top @ top.T).float()  # symmetric, L̂ L̂ᵀ = 4 · top topᵀ: trace d
+    exact = float(torch.trace(factor.double().T @ fisher @ factor.double()))
+    assert exact > 1.5 * float(torch.trace(fisher))
+    cpu = torch.device("cpu")
+    shaped = torch.stack([sampled_fisher_sensitivity(adapter, IDS, 2, cpu, sequences=2, seed=s,
+                                                     mlp_noise_factor=lambda i: factor if i == layer else None)
+                          for s in range(40)]).mean(0)
+    assert abs(float(shaped[layer, 1]) / exact - 1) < 0.15
+
+
+def test_sampled_fisher_batching_changes_nothing_but_the_seed_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = random_model(tiny_config("llama"), seed=0).eval()
+    adapter = adapter_for(model)
+    ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
+    cpu = torch.device("cpu")
+    one = sampled_fisher_sensitivity(adapter, ids, 1, cpu, sequences=4)
+    # several position slices of the head: the labels are drawn per sequence and slice
+    monkeypatch.setattr(sensitivity, "LOGIT_BUDGET", 3 * 4 * model.config.vocab_size)
+    assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-4, atol=0)
+    assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-4, atol=0)
+    assert not torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1), one, rtol=1e-2)

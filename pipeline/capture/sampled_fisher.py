@@ -1,0 +1,123 @@
+"""The KL probe's sensitivities by one backward pass (curve_scale=kl): tr F at every module's output at once.
+
+What the probe measures is the quadratic coefficient of the KL: for a perturbation δ of a module's output of
+covariance σ²Σ̂ at every position, Σ_t KL(p_t ‖ p_t^δ) ≈ ½σ² tr(Σ̂ F), F = Σ_t J_tᵀ F_t J_t the model's own Fisher
+pulled back to that output (``pipeline.capture.sensitivity`` estimates 2·KL/σ² with one noisy forward pass per
+module). The same trace is an expectation over labels the model samples itself: with y_t ~ p_t drawn independently
+at every position and g = ∂ Σ_t log p_t(y_t) / ∂(the output), E‖g L̂‖² = tr(L̂ᵀ F L̂) (cross terms vanish because
+E_y[∂ log p_t(y)] = 0). One backward pass gives g at every module of every layer, so the probe costs about four
+forward passes over its tokens instead of layers² block passes, and it is the quadratic limit exactly, with no
+noise scale to choose.
+
+Layer by layer, like the capture: the forward pass keeps each block's input on the host, then the blocks are
+recomputed from the top down, one on the device at a time, each passing its input's gradient to the block below.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from pipeline.adapters import ModelAdapter, output_source
+from pipeline.capture.sensitivity import NoiseFactor, _draw_seed, _Head
+from pipeline.progress import progress
+from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED, PROBE_SEQUENCES
+
+log = logging.getLogger(__name__)
+
+
+def _uniforms(batch: torch.Tensor, seed: int, first: int) -> torch.Tensor:
+    """[batch, positions] uniforms from a CPU generator per sequence (``first``: the batch's first sequence), so
+    neither batching, position slicing nor the device changes a sequence's labels."""
+    return torch.stack([torch.rand(batch.shape[1], generator=torch.Generator().manual_seed(
+        _draw_seed(seed, first + b, -1, 0)), dtype=torch.float64) for b in range(batch.shape[0])])
+
+
+def _sampled_labels(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Labels drawn from each position's own distribution by inverting its CDF at the given uniforms."""
+    cdf = log_probs.detach().exp().cumsum(dim=-1)
+    draws = uniforms.to(cdf.device).unsqueeze(-1) * cdf[..., -1:]
+    return torch.searchsorted(cdf, draws).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
+
+
+def _output_gradient(head: _Head, hidden: torch.Tensor, seed: int, first: int) -> torch.Tensor:
+    """∂ Σ_t log p_t(y_t) / ∂(the last block's output), labels sampled from the model, a slice of positions at a
+    time (what follows the blocks acts on each position alone)."""
+    gradient = torch.zeros_like(hidden)
+    leaf = hidden.detach().requires_grad_(True)
+    uniforms = _uniforms(head.batch, seed, first)
+    for positions in head.slices:
+        with torch.enable_grad():
+            log_probs = head.log_probs(leaf, positions)
+            labels = _sampled_labels(log_probs, uniforms[:, positions])
+            chosen = log_probs.gather(-1, labels.unsqueeze(-1)).sum()
+            gradient += torch.autograd.grad(chosen, leaf)[0]
+    return gradient
+
+
+def _fisher_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device: torch.device, seed: int,
+                  totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None) -> None:
+    """Add one batch's Σ ‖g L̂‖² per module to ``totals`` ([layers, 2]: attention output, MLP output)."""
+    blocks, layers = adapter.decoder_layers(), adapter.layers()
+    with torch.no_grad():
+        hidden, kwargs = adapter.block_inputs(batch)
+        inputs, template = [], None
+        for block in blocks:
+            home = next(block.parameters()).device
+            block.to(device)
+            inputs.append(hidden.to("cpu", copy=True))  # the host holds every block's input, not the device
+            template = block(hidden, **kwargs)
+            hidden = template[0] if isinstance(template, tuple) else template
+            block.to(home)
+    gradient = _output_gradient(_Head(adapter.model, blocks, template, batch), hidden, seed, first)
+    for index in reversed(range(len(blocks))):
+        block = blocks[index]
+        home = next(block.parameters()).device
+        block.to(device)
+        linears = (layers[index].o_proj, layers[index].down_proj)
+        outputs: list[torch.Tensor] = []
+        handles = [output_source(linear)[0].register_forward_hook(lambda m, a, out, seen=outputs: seen.append(out))
+                   for linear in linears]
+        try:
+            block_input = inputs[index].to(device).requires_grad_(True)
+            with torch.enable_grad():
+                out = adapter.run_block(block, block_input, kwargs)
+                grads = torch.autograd.grad(out, [block_input, *outputs], grad_outputs=gradient)
+        finally:
+            for handle in handles:
+                handle.remove()
+        factor = None if mlp_noise_factor is None else mlp_noise_factor(index)
+        for site, (linear, g) in enumerate(zip(linears, grads[1:], strict=True)):
+            part = g[..., output_source(linear)[1]].double()
+            if site == 1 and factor is not None:  # shaped noise z L̂ᵀ: the trace is ‖g L̂‖²
+                part = part @ factor.to(part.device, torch.float64)
+            totals[index, site] += float(part.square().sum())
+        gradient = grads[0].detach()
+        block.to(home)
+
+
+def sampled_fisher_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int,
+                               device: torch.device, sequences: int = PROBE_SEQUENCES,
+                               positions: int = PROBE_POSITIONS, seed: int = PROBE_SEED,
+                               mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
+    """[layers, 2] float64: tr F per token at every layer's attention output (o_proj, column 0) and MLP output
+    (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences`` calibration sequences:
+    the quantity ``pipeline.capture.sensitivity.output_sensitivity`` estimates by noise, in the same units.
+    ``mlp_noise_factor(l)`` ([d, d] L̂) gives tr(L̂ᵀ F L̂) at the MLP output instead (curve_scale=kl-error)."""
+    totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
+    probe = input_ids[:sequences, :positions]
+    home = next(adapter.model.get_input_embeddings().parameters()).device
+    adapter.move_non_layer_modules(device)
+    try:
+        batches = list(enumerate(probe.split(batch_size)))
+        for number, batch in progress(batches, desc="Fisher probe", unit="batch"):
+            _fisher_batch(adapter, batch.to(device), number * batch_size, device, seed, totals, mlp_noise_factor)
+    finally:
+        adapter.move_non_layer_modules(home)
+    tokens = probe.numel()
+    log.info("output sensitivity (sampled Fisher) from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", tokens,
+             float(totals[:, 0].min() / tokens), float(totals[:, 0].max() / tokens),
+             float(totals[:, 1].min() / tokens), float(totals[:, 1].max() / tokens))
+    return totals / tokens
+
