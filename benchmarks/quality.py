@@ -45,7 +45,8 @@ from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, load_tokenizer
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
 from pipeline.evaluation.plots import plot_vs_rate
-from pipeline.evaluation.retention import margin_retention
+from pipeline.evaluation.reporting import claim_warnings, ratio_pm
+from pipeline.evaluation.retention import retention_figures
 from pipeline.evaluation.tasks import PAPER_TASKS
 from pipeline.methods import method_named
 from pipeline.readers import load_solution
@@ -150,10 +151,6 @@ def _pm(value: float | None, stderr: float | None) -> str:
     return f"{100 * value:.2f}" + ("" if stderr is None else f" ± {100 * stderr:.2f}")
 
 
-def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.1%}"
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     print("| method | target rate | ε | block params removed | params | perplexity | zero-shot avg ± se | "
           "retention | above-chance retention |")
@@ -163,7 +160,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         zs = r.get("zero_shot") or {}
         print(f"| {r['method']} | {r['rate']:g} | {eps} | {r['block_rate']:.1%} | {r['params'] / 1e6:.1f}M | "
               f"{r['ppl']:.2f} | {_pm(zs.get('average'), zs.get('average_stderr'))} | "
-              f"{_ratio(r.get('retention'))} | {_ratio(r.get('margin_retention'))} |")
+              f"{ratio_pm(r.get('retention'), r.get('retention_stderr'))} | "
+              f"{ratio_pm(r.get('margin_retention'), r.get('margin_retention_stderr'))} |")
 
 
 def plot_rows(rows: list[dict[str, Any]], temperature: float, out: Path, title: str) -> None:
@@ -248,11 +246,8 @@ def main() -> None:
                "params": params, "block_rate": rates["achieved_block_rate"], "model_rate": rates["achieved_model_rate"],
                **evaluate(model, read_manifest(solve_dir).fingerprint, rate)}
         if row["zero_shot"] is not None:
-            row["retention"] = row["zero_shot"]["average"] / dense_row["zero_shot"]["average"]
-            from pipeline.evaluation.zero_shot import task_scores
-
-            row["margin_retention"] = margin_retention(task_scores(row["zero_shot"]),
-                                                       task_scores(dense_row["zero_shot"]))["mean"]
+            figures = retention_figures(row["zero_shot"], dense_row["zero_shot"])
+            row |= {k: v for k, v in figures.items() if k != "margin_retention_detail"}
         rows.append(row)
         zs = row["zero_shot"]
         zs_text = f" zero-shot {_pm(zs['average'], zs['average_stderr'])}" if zs else ""
@@ -269,7 +264,10 @@ def main() -> None:
         print("Zero-shot (lm-eval, offline tasks, acc_norm where reported): items per task "
               + ", ".join(f"{t} {n}/{total}" for t, (n, total) in counts.items())
               + "; ± is one standard error; above-chance retention = mean over tasks of "
-              "(acc − chance) / (dense acc − chance).")
+              "(acc − chance) / (dense acc − chance); each retention's ± is propagated from the two averages'.")
+    for warning in claim_warnings({"wikitext2": {"windows": n_windows},
+                                   "zero_shot": dense_row["zero_shot"] if args.zero_shot else None}):
+        print(warning)
     print()
     print_table(rows)
     out = Path(cfg.paths.root) / "benchmarks" / "quality.json"

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .assets import package_file
+from .user_files import read_user_text, user_lines
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,8 @@ def boolq_passages() -> list[str]:
 def wikitext2_documents(path: str | None, split: str = "train") -> list[str]:
     """WikiText-2 raw rows: a local raw file (CRLF normalised) or the Hub's ``wikitext-2-raw-v1``."""
     if path:
-        return Path(path).read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+        text = read_user_text(path, "calibration.path", "a UTF-8 WikiText raw file")
+        return text.replace("\r\n", "\n").split("\n")
     from datasets import load_dataset
 
     return list(load_dataset("wikitext", "wikitext-2-raw-v1", split=split)["text"])
@@ -58,7 +60,7 @@ def _alpaca_text(row: dict[str, Any]) -> str:
 
 def alpaca_documents(path: str | None) -> list[str]:
     if path:
-        rows = _load_json(path, Path(path).read_text(encoding="utf-8"))
+        rows = _load_json(path, read_user_text(path, "calibration.path", "a UTF-8 JSON list of Alpaca records"))
         if not isinstance(rows, list):
             raise CalibrationError(f"calibration.path={path!r}: expected a JSON list of Alpaca records")
     else:
@@ -70,20 +72,19 @@ def alpaca_documents(path: str | None) -> list[str]:
 
 def jsonl_documents(path: str) -> list[str]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = _load_json(f"{path} line {lineno}", line)
-            if not isinstance(row, dict):
-                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a JSON object with a "
-                                       f"'text' field, got {type(row).__name__}")
-            if "text" not in row:
-                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
-            if not isinstance(row["text"], str):
-                raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected 'text' to be a string, "
-                                       f"got {type(row['text']).__name__}")
-            docs.append(row["text"])
+    for lineno, line in user_lines(path, "calibration.path", "a UTF-8 JSON Lines file ({\"text\": ...} per line)"):
+        if not line.strip():
+            continue
+        row = _load_json(f"{path} line {lineno}", line)
+        if not isinstance(row, dict):
+            raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a JSON object with a "
+                                   f"'text' field, got {type(row).__name__}")
+        if "text" not in row:
+            raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected a 'text' field")
+        if not isinstance(row["text"], str):
+            raise CalibrationError(f"calibration.path={path!r} line {lineno}: expected 'text' to be a string, "
+                                   f"got {type(row['text']).__name__}")
+        docs.append(row["text"])
     return docs
 
 

@@ -27,22 +27,33 @@ from pipeline.evaluation.tasks import UnknownTaskError
 from pipeline.export import export_refusal
 from pipeline.export.layout import ExportError
 from pipeline.methods.base import UnknownMethodError
+from pipeline.user_files import UserFileError, check_output_dirs, path_error
 
 log = logging.getLogger("modegpt")
 
 USER_ERRORS = (ConfigError, ArtifactError, AssetError, CalibrationError, UnsupportedModelError, UnknownMethodError,
-               UnknownTaskError, ExportError)
+               UnknownTaskError, ExportError, UserFileError)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+# Set (to anything but 0 or empty) to get the traceback behind a one-line error, e.g. to report a misjudged one.
+TRACEBACK_ENV = "MODEGPT_TRACEBACK"
 
 
-def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+def user_error(exc: BaseException, cfg: Any = None) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback).
+
+    ``cfg``: the run's config, so that an OSError on a path the user named (paths.root, calibration.path...) is
+    explained by that setting (``pipeline.user_files.path_error``); without it only a full disk is.
+    """
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        return None
     if isinstance(exc, USER_ERRORS):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno in DISK_FULL:
         where = f" while writing {exc.filename}" if exc.filename else ""
         return (f"no space left on the device{where}: free space or point paths.root / paths.store_root at a "
                 "larger disk, then rerun the same command (finished layers and artifacts are kept)")
+    if isinstance(exc, OSError) and cfg is not None:
+        return path_error(exc, cfg)
     return None
 
 
@@ -130,7 +141,7 @@ def run_command(name: str, args: list[str]) -> None:
     try:
         lines = run(cfg, names, flags)
     except Exception as e:
-        message = user_error(e)
+        message = user_error(e, cfg)
         if message is None:
             raise
         raise SystemExit(f"modegpt: error: {message}") from None
@@ -155,11 +166,37 @@ def _one_line(exc: BaseException) -> str:
 def _precheck(overrides: list[str]) -> None:
     """Compose once up front so a bad override fails with one line before any work (single runs only)."""
     try:
-        validate(compose_config(overrides))
+        cfg = compose_config(overrides)
+        validate(cfg)
     except ConfigError as e:
         raise SystemExit(f"modegpt: error: {e}") from None
     except Exception as e:  # Hydra/OmegaConf composition errors
         raise SystemExit(f"modegpt: error: {_one_line(e)}") from None
+    _check_outputs(cfg)
+
+
+def _check_outputs(cfg: Any) -> None:
+    """The output roots, before Hydra makes its run directory under paths.root: Hydra's own failure there is a
+    traceback and a hint about HYDRA_FULL_ERROR, raised before any code of ours could turn it into one line."""
+    try:
+        check_output_dirs(cfg)
+    except UserFileError as e:
+        if user_error(e) is None:  # MODEGPT_TRACEBACK
+            raise
+        raise SystemExit(f"modegpt: error: {e}") from None
+
+
+def _precheck_sweep(args: list[str]) -> None:
+    """A sweep's output roots, from its overrides that sweep nothing (a swept paths.root goes unchecked here);
+    the rest of a sweep's checking stays with Hydra and each job."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        cfg = compose_config([o.input_line for o in parsed if not o.is_sweep_override()])
+    except Exception:  # Hydra reports a bad override itself, in its own words
+        return
+    _check_outputs(cfg)
 
 
 def main() -> None:
@@ -181,6 +218,8 @@ def main() -> None:
     multirun = any(a in ("-m", "--multirun") for a in rest)
     if not multirun and not any(a.startswith("-") for a in rest):
         _precheck(rest)
+    elif multirun:
+        _precheck_sweep(rest)
     target = run_all if stage == "run" else functools.partial(run_stage, stage)
 
     import hydra
@@ -192,7 +231,7 @@ def main() -> None:
             refuse_old_layout(cfg)  # before anything is recomputed beside the old directories
             target(cfg)
         except Exception as e:
-            message = user_error(e)
+            message = user_error(e, cfg)
             if message is None:
                 raise
             log.error("%s", message)

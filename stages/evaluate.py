@@ -30,8 +30,8 @@ from pipeline.artifacts import (
 )
 from pipeline.dense import load_model, load_tokenizer, resolve_device, torch_dtype
 from pipeline.evaluation.perplexity import perplexity, tokenize_stream, wikitext2_test_text
-from pipeline.evaluation.retention import margin_retention
-from pipeline.evaluation.zero_shot import task_scores
+from pipeline.evaluation.reporting import claim_warnings, percent_pm, ratio_pm
+from pipeline.evaluation.retention import retention_figures
 from pipeline.inputs import check_model_source
 from pipeline.readers import checkpoint_dir
 
@@ -126,13 +126,15 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     metrics |= evaluate_model(model, AutoTokenizer.from_pretrained(ckpt), cfg, paths.root / "cache", cache)
     metrics["dense"] = {k: dense[k] for k in ("wikitext2", "zero_shot") if k in dense}
     if "zero_shot" in metrics and "zero_shot" in dense:
-        metrics["retention"] = metrics["zero_shot"]["average"] / dense["zero_shot"]["average"]
-        margin = margin_retention(task_scores(metrics["zero_shot"]), task_scores(dense["zero_shot"]))
-        metrics["margin_retention"] = margin["mean"]
-        metrics["margin_retention_detail"] = margin
-        log.info("zero-shot retention %.3f, above-chance %s (%.4f vs dense %.4f)", metrics["retention"],
-                 "n/a" if margin["mean"] is None else f"{margin['mean']:.3f}", metrics["zero_shot"]["average"],
-                 dense["zero_shot"]["average"])
+        metrics |= retention_figures(metrics["zero_shot"], dense["zero_shot"])
+        zs, dzs = metrics["zero_shot"], dense["zero_shot"]
+        log.info("zero-shot retention %s, above-chance %s (%s vs dense %s)",
+                 ratio_pm(metrics["retention"], metrics["retention_stderr"]),
+                 ratio_pm(metrics["margin_retention"], metrics["margin_retention_stderr"]) or "n/a",
+                 percent_pm(zs["average"], zs.get("average_stderr"), 2),
+                 percent_pm(dzs["average"], dzs.get("average_stderr"), 2))
+    for warning in claim_warnings(metrics):  # said beside the figures it qualifies, not only in the report
+        log.warning("%s", warning)
     if "wikitext2" in metrics and "wikitext2" in dense:
         metrics["perplexity_ratio"] = metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"]
     _write(target, expected, metrics)

@@ -21,6 +21,8 @@ from pipeline.artifacts import (
 )
 from pipeline.config import TEMPERATURE_ALLOCATIONS
 from pipeline.evaluation.plots import figure, plot_vs_rate, save
+from pipeline.evaluation.reporting import claim_warnings, percent_pm, ratio_pm
+from pipeline.evaluation.retention import retention_figures
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +62,13 @@ def _task_stderr(entry: dict[str, Any], average_metric: str | None) -> float | N
     return entry.get("acc_stderr")
 
 
-def percent_pm(value: float, stderr: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage with its standard error ("61.2 ± 1.1"), or alone when it has none."""
-    return f"{100 * value:.{digits}f}" + ("" if stderr is None else f" ± {100 * stderr:.{digits}f}")
-
-
-def _ratio(value: float | None) -> str:
-    return "" if value is None else f"{value:.1%}"
+def _retentions(row: dict[str, Any]) -> dict[str, Any]:
+    """Both retentions of a compressed row with their ±, recomputed from the scores the row carries (a
+    metrics.json written before the stderrs were recorded has the ratios only)."""
+    dense = row.get("dense", {}).get("zero_shot")
+    if "zero_shot" in row and dense:
+        return retention_figures(row["zero_shot"], dense)
+    return {k: row.get(k) for k in ("retention", "retention_stderr", "margin_retention", "margin_retention_stderr")}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -78,6 +80,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in sorted(rows, key=lambda r: (not _is_reference(r), "" if _is_reference(r) else _series_name(r),
                                          r["rate"])):
         zs = r.get("zero_shot", {})
+        ret = {} if _is_reference(r) else _retentions(r)
         cells = [
             DENSE if _is_reference(r) else _series_name(r),
             f"{r['rate']:g}",
@@ -87,8 +90,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             *[percent_pm(_task_score(zs[t], zs.get("average_metric")), _task_stderr(zs[t], zs.get("average_metric")))
               if t in zs else "" for t in tasks],
             percent_pm(zs["average"], zs.get("average_stderr"), 2) if "average" in zs else "",
-            _ratio(r.get("retention")),
-            _ratio(r.get("margin_retention")),
+            *([""] * 2 if _is_reference(r) else
+              [ratio_pm(ret["retention"], ret["retention_stderr"]),
+               ratio_pm(ret["margin_retention"], ret["margin_retention_stderr"])]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -105,8 +109,14 @@ def evaluation_extent(rows: list[dict[str, Any]]) -> str:
     if items:
         parts.append(f"Zero-shot items evaluated per task (of the split): {', '.join(items)}.")
         parts.append("± is one standard error (lm-eval's per task; the average's is sqrt(sum se²)/n). Above-chance "
-                     "retention is the mean over tasks of (acc − chance) / (dense acc − chance).")
+                     "retention is the mean over tasks of (acc − chance) / (dense acc − chance). Each retention's ± "
+                     "is propagated from the two averages' (compressed and dense taken as independent).")
     return " ".join(parts)
+
+
+def claim_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's warnings, in words, where its figures rest on too few items or windows (each said once)."""
+    return list(dict.fromkeys(w for r in rows for w in claim_warnings(r)))
 
 
 def _plot_vs_rate(rows: list[dict[str, Any]], value, ylabel: str, out: Path, log_y: bool = False) -> None:
@@ -133,7 +143,8 @@ def _plot_kept_dims(paths: ArtifactPaths, rows: list[dict[str, Any]], out: Path)
             ax.set_xlabel("layer")
             ax.set_ylim(0, 1.05)
     axes[0].set_ylabel("fraction of the dense dimension kept")
-    axes[-1].legend(fontsize=7)
+    if axes[-1].get_legend_handles_labels()[0]:  # rows without a plan on disk draw nothing to label
+        axes[-1].legend(fontsize=7)
     save(fig, out)
 
 
@@ -158,11 +169,15 @@ def run(cfg: Any) -> Path:
     _plot_kept_dims(paths, rows, out / "kept_dims.png")
     source = next((r["wikitext2"]["source"] for r in rows if "wikitext2" in r), "n/a")
     settings = next((r["zero_shot"].get("settings") for r in rows if "zero_shot" in r), None)
+    warnings = claim_lines(rows)
+    for warning in warnings:
+        log.warning("%s", warning)
     text = (f"# MoDeGPT report: {cfg.model.name}, calibration {paths.calibration_key}\n\n"
-            f"{markdown_table(rows)}\n{evaluation_extent(rows)}\n\n"
+            + "".join(f"**{w}**\n\n" for w in warnings)
+            + f"{markdown_table(rows)}\n{evaluation_extent(rows)}\n\n"
             f"Perplexity: {source}. Zero-shot settings: {settings}.\n\n"
             "![perplexity](perplexity_vs_rate.png)\n![zero-shot](zero_shot_vs_rate.png)\n![kept](kept_dims.png)\n")
     atomic_write_text(out / "report.md", text)
     log.info("report written to %s", out / "report.md")
-    print(markdown_table(rows))
+    print(markdown_table(rows) + "".join(f"\n{w}" for w in warnings))
     return out

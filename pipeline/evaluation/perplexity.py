@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from pipeline.assets import AssetError
 from pipeline.progress import progress
+from pipeline.user_files import read_user_text
 
 # The raw test split shipped beside the project (../shared/data), looked for relative to the working dir.
 DEFAULT_WIKITEXT_TEST = Path("../shared/data/wikitext-2-raw/wiki.test.raw")
@@ -26,7 +27,8 @@ def wikitext2_test_text(path: str | Path | None = None) -> tuple[str, str]:
     """
     candidate = Path(path) if path else DEFAULT_WIKITEXT_TEST
     if candidate.is_file():
-        rows = candidate.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+        text = read_user_text(candidate, "eval.wikitext_path", "the UTF-8 WikiText-2 raw test file (wiki.test.raw)")
+        rows = text.replace("\r\n", "\n").split("\n")
         return "\n\n".join(f"{row}\n" for row in rows if row), f"local:{candidate.resolve()}"
     if path:
         raise AssetError(f"eval.wikitext_path={str(path)!r} does not exist: expected a local wiki.test.raw")

@@ -58,6 +58,12 @@ def task_scores(zero_shot: dict[str, Any], average_metric: str | None = None) ->
     return {t: score_for_average(v, metric) for t, v in zero_shot.items() if isinstance(v, dict) and "acc" in v}
 
 
+def task_stderrs(zero_shot: dict[str, Any], average_metric: str | None = None) -> dict[str, float | None]:
+    """Each task's stderr of the figure :func:`task_scores` takes (None where lm-eval computed none)."""
+    metric = average_metric or zero_shot.get("average_metric", "acc_norm_if_present")
+    return {t: stderr_for_average(v, metric) for t, v in zero_shot.items() if isinstance(v, dict) and "acc" in v}
+
+
 def summarize(raw: dict[str, Any], tasks: list[str], average_metric: str = "acc_norm_if_present") -> dict[str, Any]:
     """A flat JSON-serialisable summary of ``simple_evaluate``'s output.
 

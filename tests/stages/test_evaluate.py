@@ -11,7 +11,7 @@ from stages import assemble, capture, evaluate, solve, tokenize
 
 
 @pytest.mark.parametrize("family", ["llama"])
-def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> None:
+def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family, caplog) -> None:
     overrides = [*tiny_overrides(tmp_path, tiny_model_dirs[family], family), "eval.limit=3",
                  "eval.tasks=[piqa,arc_easy]", "eval.perplexity_max_windows=2", "compression.rate=0.3"]
     cfg = compose_config(overrides)
@@ -19,7 +19,8 @@ def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> 
         evaluate.run(cfg)
     for stage in (tokenize, capture, solve, assemble):
         stage.run(cfg)
-    target = evaluate.run(cfg)
+    with caplog.at_level("INFO", logger="stages.evaluate"):
+        target = evaluate.run(cfg)
     metrics = json.loads((target / METRICS).read_text())
     dense = json.loads((ArtifactPaths(cfg).dense_evaluation / METRICS).read_text())
     for m in (metrics, dense):
@@ -34,6 +35,12 @@ def test_metrics_for_dense_and_compressed(tmp_path, tiny_model_dirs, family) -> 
     assert set(metrics["margin_retention_detail"]["per_task"]) | set(metrics["margin_retention_detail"]["excluded"]) \
         == {"piqa", "arc_easy"}
     assert metrics["zero_shot"]["average_stderr"] is not None
+    assert metrics["retention_stderr"] is not None
+    assert metrics["margin_retention_stderr"] == metrics["margin_retention_detail"]["stderr"]
+    logged = caplog.text
+    assert f"zero-shot retention {100 * metrics['retention']:.1f} ± {100 * metrics['retention_stderr']:.1f}%" in logged
+    assert "3 items per task: too few to carry a claim (≥ 500 needed); the ± show why." in logged
+    assert "2 perplexity windows: too few to carry a claim (≥ 32 needed)" in logged
     assert metrics["perplexity_ratio"] == pytest.approx(
         metrics["wikitext2"]["perplexity"] / dense["wikitext2"]["perplexity"])
     stamp = (target / "manifest.json").stat().st_mtime_ns

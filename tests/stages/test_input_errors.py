@@ -115,6 +115,11 @@ CASES = {
                                       "notext.jsonl' line 1: expected a 'text' field"),
     "calibration-row-not-an-object": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{listrow}"},
                                           "line 1: expected a JSON object with a 'text' field, got list"),
+    "calibration-not-utf8": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{latin1}"},
+                                 "latin1.jsonl' is not UTF-8 text (byte 0xff at line 2, byte 11): expected a UTF-8 "
+                                 "JSON Lines file"),
+    "output-root-under-a-file": Case("tokenize", {"paths.root": "{afile}/outputs"},
+                                     "afile/outputs cannot be created: ", before=("tokenize",)),
     "calibration-empty-texts": Case("tokenize", {"calibration.source": "jsonl", "calibration.path": "{emptytext}"},
                                     "holds no text"),
     "tokenize-folder-not-a-model": Case("tokenize", {"model.source": "{notmodel}"}, "is not a model folder"),
@@ -168,6 +173,10 @@ def _bad_inputs(root: Path, model_dir: Path) -> dict[str, Path]:
     out["notext"].write_text('{"content": "some text"}\n')
     out["listrow"] = root / "listrow.jsonl"
     out["listrow"].write_text('["text"]\n')
+    out["latin1"] = root / "latin1.jsonl"  # a file saved as Latin-1: "ÿ" is the byte 0xff
+    out["latin1"].write_bytes('{"text": "fine"}\n{"text": "\xff"}\n'.encode("latin-1"))
+    out["afile"] = root / "afile"  # a regular file where the output root's parent should be a directory
+    out["afile"].write_text("not a directory\n")
     out["emptytext"] = root / "emptytext.jsonl"
     out["emptytext"].write_text('{"text": ""}\n{"text": "   "}\n')
     return out
@@ -237,17 +246,48 @@ def test_disk_full_during_capture_leaves_a_resumable_partial_store(tmp_path: Pat
     assert read_manifest(store).status == COMPLETE
 
 
-@pytest.mark.parametrize("overrides, env, message", [
-    (["calibration.source=jsonl", "calibration.path=/nonexistent.jsonl"], {},
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("stage, overrides, env, message", [
+    ("tokenize", ["calibration.source=jsonl", "calibration.path=/nonexistent.jsonl"], {},
      "calibration.path='/nonexistent.jsonl' does not exist"),
-    ([f"model.source={HUB}"], {"HF_HUB_OFFLINE": "1"}, "could not reach the Hugging Face Hub"),
+    ("prepare", [f"model.source={HUB}"], {"HF_HUB_OFFLINE": "1"}, "could not reach the Hugging Face Hub"),
+    # Hydra makes its run directory under paths.root before the job starts: refused before Hydra runs
+    ("run", ["paths.root=/proc/nope"], {}, "modegpt: error: paths.root=/proc/nope cannot be created: /proc refuses "
+     "a new directory (No such file or directory): expected a directory this user can create and write"),
+    ("run", ["-m", "paths.root={tmp}/afile/out", "compression.rate=0.1,0.2"], {},
+     "paths.root={tmp}/afile/out cannot be created: {tmp}/afile is a file, not a directory"),
+    ("tokenize", ["calibration.source=jsonl", "calibration.path={tmp}/latin1.jsonl"], {},
+     "modegpt: error: calibration.path='{tmp}/latin1.jsonl' is not UTF-8 text (byte 0xff at line 1, byte 11): "
+     "expected a UTF-8 JSON Lines file"),
 ])
-def test_the_command_prints_exactly_one_line(tmp_path: Path, tiny_model_dirs, overrides, env, message) -> None:
-    stage = "tokenize" if "calibration" in overrides[0] else "prepare"
-    argv = [stage, *tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"), *overrides]
+def test_the_command_prints_exactly_one_line(tmp_path: Path, tiny_model_dirs, stage, overrides, env,
+                                             message) -> None:
+    (tmp_path / "afile").write_text("not a directory\n")
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"text": "\xff"}\n')
+    before = _tree(tmp_path)
+    good = tiny_overrides(tmp_path / "outputs", tiny_model_dirs["llama"], "llama")
+    argv = [stage, *good, *(o.format(tmp=tmp_path) for o in overrides)]
     result = subprocess.run([sys.executable, "-m", "stages.cli", *argv], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "PYTHONPATH": str(REPO), **env}, timeout=300)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("modegpt: error:")
-    assert message in result.stderr
+    assert message.format(tmp=tmp_path) in result.stderr
+    assert "HYDRA_FULL_ERROR" not in result.stderr and "Traceback" not in result.stderr
     assert not _complete_manifests(tmp_path)
+    if stage == "run":  # refused before anything is made: not even Hydra's log directory
+        assert _tree(tmp_path) == before and not Path("/proc/nope").exists()
+    else:  # Hydra's log of the failed run, and no artifact directory
+        assert {p.split("/")[0] for p in _tree(tmp_path) - before} <= {"outputs"}
+        assert {p.split("/")[1] for p in _tree(tmp_path) - before if p.count("/")} <= {"logs"}
+
+
+def test_traceback_on_request(tmp_path: Path, tiny_model_dirs) -> None:
+    """MODEGPT_TRACEBACK=1 shows what is behind the one line (a user error judged wrongly can be reported)."""
+    argv = ["run", *tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"), "paths.root=/proc/nope"]
+    result = subprocess.run([sys.executable, "-m", "stages.cli", *argv], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "MODEGPT_TRACEBACK": "1"}, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "UserFileError: paths.root=/proc/nope cannot be created" in result.stderr
