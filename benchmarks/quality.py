@@ -91,6 +91,9 @@ METHODS = {  # name -> overrides on top of the run's config
     "deci": ["compression.shape=deci"],
     **{f"deci-{n}": ["compression.shape=deci", f"compression.round_to={n}"] for n in (32, 64, 128)},
     "stock": ["compression.shape=stock"],
+    # the default shape's MLP budget by the paper's Block-Influence layer budgets, each taken from the layer's MLP
+    # (attention whole): the rule that won on a held-out model (issue 28), with no curves and no probe
+    "bi-mlp": ["compression.allocation=bi"],
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
