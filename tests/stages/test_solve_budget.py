@@ -89,8 +89,8 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     (probe,) = solves.glob("sensitivity-*.safetensors")
     probed = load_file(str(probe))["sensitivity"]
     calls = []
-    real = solve.output_sensitivity
-    monkeypatch.setattr(solve, "output_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = solve.sampled_fisher_sensitivity
+    monkeypatch.setattr(solve, "sampled_fisher_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
     # New curves (the selection and the ridge change them), the same probe: it reads tokens and the model only.
     solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
     solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))
