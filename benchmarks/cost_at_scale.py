@@ -558,7 +558,9 @@ def memory_rows(s: Shape, batch: int, rate: float) -> dict[str, float]:
     # solve: the FP64 sums read back, C = sums / N, and the ridge leverage's C + λI, Cholesky factor and its inverse
     # (5 D×D at once), plus the layer in FP64
     solve = 5 * big_d * big_d * 8 + 3 * d * d * 8 + s.block_params * 8
-    return {"weights (BF16)": weights, "FP64 sums": sums, "hidden states (all calibration tokens, BF16)": hidden_all,
+    host = (L * s.block_params + 2 * s.vocab * d) * 2  # the whole model stays in host memory (untied head)
+    return {"host: whole model (BF16)": host, "store on disk (FP64 sums, all layers)": L * sums,
+            "weights (BF16)": weights, "FP64 sums": sums, "hidden states (all calibration tokens, BF16)": hidden_all,
             "one batch's activations": activations, "capture peak": capture, "KL probe peak": probe,
             "solve / curves peak": solve}
 
@@ -649,11 +651,10 @@ def print_tables(results: list[dict[str, Any]], rate: float, batch: int, product
 
     print(f"\n### Peak device memory per stage, layer by layer (capture batch {batch} × {PAPER_SEQ_LEN}, "
           f"rate {rate})\n")
-    names = list(memory_rows(shapes[0], batch, rate))
-    print("| shape | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
-    for s in shapes:
-        rows = memory_rows(s, batch, rate)
-        print(f"| {s.name} | " + " | ".join(f"{rows[n] / GIB:.1f} GiB" for n in names) + " |")
+    table = {s.name: memory_rows(s, batch, rate) for s in shapes}
+    print("| | " + " | ".join(table) + " |\n|---|" + "---|" * len(table))
+    for item in table[shapes[0].name]:
+        print(f"| {item} | " + " | ".join(f"{rows[item] / GIB:.1f} GiB" for rows in table.values()) + " |")
     if products_note:
         print(products_note)
 
