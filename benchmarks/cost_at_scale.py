@@ -45,9 +45,13 @@ from pipeline.adapters import ModelAdapter, adapter_for, output_source
 from pipeline.assembly.build import build_compressed_model
 from pipeline.capture import LayerStats, LayerStatsCollector, stat_shapes
 from pipeline.capture.sensitivity import LOGIT_BUDGET, _perturbing
+
+# the noise estimator the probe used before PROBE_VERSION 4 (8 x 512 tokens): what these probe rows model
+from pipeline.capture.sensitivity import POSITIONS as PROBE_POSITIONS  # noqa: E402
+from pipeline.capture.sensitivity import RELATIVE_NOISE as PROBE_RELATIVE_NOISE  # noqa: E402
+from pipeline.capture.sensitivity import SEQUENCES as PROBE_SEQUENCES  # noqa: E402
 from pipeline.config import compose_config
 from pipeline.plan import LayerSolution
-from pipeline.solve_identity import PROBE_POSITIONS, PROBE_RELATIVE_NOISE, PROBE_SEQUENCES
 from pipeline.tiny import random_model
 
 GIB = 2**30
