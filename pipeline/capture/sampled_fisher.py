@@ -20,8 +20,7 @@ import logging
 import torch
 
 from pipeline.adapters import ModelAdapter, output_source
-from pipeline.capture.sensitivity import NoiseFactor, _draw_seed, _Head
-from pipeline.progress import progress
+from pipeline.capture.sensitivity import NoiseFactor, _draw_seed, _Head, run_probe
 from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED, PROBE_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -105,19 +104,8 @@ def sampled_fisher_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, b
     (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences`` calibration sequences:
     the quantity ``pipeline.capture.sensitivity.output_sensitivity`` estimates by noise, in the same units.
     ``mlp_noise_factor(l)`` ([d, d] L̂) gives tr(L̂ᵀ F L̂) at the MLP output instead (curve_scale=kl-error)."""
-    totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
-    probe = input_ids[:sequences, :positions]
-    home = next(adapter.model.get_input_embeddings().parameters()).device
-    adapter.move_non_layer_modules(device)
-    try:
-        batches = list(enumerate(probe.split(batch_size)))
-        for number, batch in progress(batches, desc="Fisher probe", unit="batch"):
-            _fisher_batch(adapter, batch.to(device), number * batch_size, device, seed, totals, mlp_noise_factor)
-    finally:
-        adapter.move_non_layer_modules(home)
-    tokens = probe.numel()
-    log.info("output sensitivity (sampled Fisher) from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", tokens,
-             float(totals[:, 0].min() / tokens), float(totals[:, 0].max() / tokens),
-             float(totals[:, 1].min() / tokens), float(totals[:, 1].max() / tokens))
-    return totals / tokens
+    def add(batch: torch.Tensor, first: int, totals: torch.Tensor) -> None:
+        _fisher_batch(adapter, batch, first, device, seed, totals, mlp_noise_factor)
+
+    return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "Fisher probe", add)
 

@@ -198,19 +198,27 @@ def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_siz
 
     ``mlp_noise_factor(l)``, if given, is asked for layer l's L̂ ([d, d], L̂ L̂ᵀ of trace d: ``noise_factor``) each
     time block l is reached; the MLP output's noise is then shaped by it (None: isotropic)."""
+    def add(batch: torch.Tensor, first: int, totals: torch.Tensor) -> None:
+        _probe_batch(adapter, batch, first, device, relative_noise, seed, totals, mlp_noise_factor)
+
+    return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "KL probe", add)
+
+
+def run_probe(adapter: ModelAdapter, probe: torch.Tensor, batch_size: int, device: torch.device, name: str,
+              add_batch: Callable[[torch.Tensor, int, torch.Tensor], None]) -> torch.Tensor:
+    """The drive both probe estimators share: the non-block modules on ``device`` (blocks go one at a time), each
+    batch's per-module sums added by ``add_batch(batch, first sequence, totals)``, then per token ([layers, 2])."""
     totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
-    probe = input_ids[:sequences, :positions]
     home = next(adapter.model.get_input_embeddings().parameters()).device
     adapter.move_non_layer_modules(device)
     try:
         batches = list(enumerate(probe.split(batch_size)))
-        for number, batch in progress(batches, desc="KL probe", unit="batch"):
-            _probe_batch(adapter, batch.to(device), number * batch_size, device, relative_noise, seed, totals,
-                         mlp_noise_factor)
+        for number, batch in progress(batches, desc=name, unit="batch"):
+            add_batch(batch.to(device), number * batch_size, totals)
     finally:
         adapter.move_non_layer_modules(home)
     tokens = probe.numel()
-    log.info("output sensitivity from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", tokens,
+    log.info("%s from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", name, tokens,
              float(totals[:, 0].min() / tokens), float(totals[:, 0].max() / tokens),
              float(totals[:, 1].min() / tokens), float(totals[:, 1].max() / tokens))
     return totals / tokens
