@@ -5,8 +5,8 @@ covariance σ²Σ̂ at every position, Σ_t KL(p_t ‖ p_t^δ) ≈ ½σ² tr(Σ�
 pulled back to that output (``pipeline.capture.sensitivity`` estimates 2·KL/σ² with one noisy forward pass per
 module). The same trace is an expectation over labels the model samples itself: with y_t ~ p_t drawn independently
 at every position and g = ∂ Σ_t log p_t(y_t) / ∂(the output), E‖g L̂‖² = tr(L̂ᵀ F L̂) (cross terms vanish because
-E_y[∂ log p_t(y)] = 0). One backward pass gives g at every module of every layer, so the probe costs about four
-forward passes over its tokens instead of layers² block passes, and it is the quadratic limit exactly, with no
+E_y[∂ log p_t(y)] = 0). One backward pass gives g at every module of every layer, so the probe runs one forward and
+one backward pass over its tokens instead of layers² block passes, and it is the quadratic limit exactly, with no
 noise scale to choose.
 
 Layer by layer, like the capture: the forward pass keeps each block's input on the host, then the blocks are

@@ -1,5 +1,5 @@
 """The KL probe by noise: forward passes only. The solve measures the same tr F by a backward pass
-(``pipeline.capture.sampled_fisher``, about layers/4 times cheaper); this estimator stays as its reference in the
+(``pipeline.capture.sampled_fisher``: one backward pass in place of layers² noisy block passes); this estimator stays as its reference in the
 tests and in ``benchmarks/probe_check.py``, which compares the two (the quadratic regime, seeds, token counts).
 
 
