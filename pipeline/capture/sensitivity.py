@@ -1,6 +1,7 @@
 """The KL probe by noise: forward passes only. The solve measures the same tr F by a backward pass
-(``pipeline.capture.sampled_fisher``: one backward pass in place of layers² noisy block passes); this estimator stays as its reference in the
-tests and in ``benchmarks/probe_check.py``, which compares the two (the quadratic regime, seeds, token counts).
+(``pipeline.capture.sampled_fisher``: one backward pass in place of layers² noisy block passes); this estimator
+stays as its reference in the tests and in ``benchmarks/probe_check.py``, which compares the two (the quadratic
+regime, seeds, token counts).
 
 
 For a small isotropic perturbation δ ~ N(0, σ²I) of a module's output, the KL divergence between the model's
