@@ -44,12 +44,13 @@ from pipeline import solver
 from pipeline.adapters import ModelAdapter, adapter_for, output_source
 from pipeline.assembly.build import build_compressed_model
 from pipeline.capture import LayerStats, LayerStatsCollector, stat_shapes
-from pipeline.capture.sensitivity import LOGIT_BUDGET, _perturbing
+from pipeline.capture.output_head import LOGIT_BUDGET
 
 # the noise estimator the probe used before PROBE_VERSION 4 (8 x 512 tokens): what these probe rows model
 from pipeline.capture.sensitivity import POSITIONS as PROBE_POSITIONS  # noqa: E402
 from pipeline.capture.sensitivity import RELATIVE_NOISE as PROBE_RELATIVE_NOISE  # noqa: E402
 from pipeline.capture.sensitivity import SEQUENCES as PROBE_SEQUENCES  # noqa: E402
+from pipeline.capture.sensitivity import _perturbing
 from pipeline.config import compose_config
 from pipeline.plan import LayerSolution
 from pipeline.tiny import random_model

@@ -26,8 +26,7 @@ from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
 from pipeline.methods import method_named
 from pipeline.modegpt import SELECTIONS, mlp, vo
-from pipeline.readers import open_store
-from stages.solve import _plan
+from pipeline.readers import block_influence_of, open_store
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.
 PARTS = [(mlp, "_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
@@ -68,14 +67,13 @@ def main() -> None:
     cfg = compose_config(args.overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
-    store, store_manifest = open_store(cfg)
+    store, _ = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     heads, k = adapter.head_layout(), cfg.compression
     settings = solver.SolverSettings.from_config(k)
     # The plan under the paper's allocation (BI): the error allocation's curves are timed on their own below.
-    bi_cfg = compose_config([*args.overrides, "compression.allocation=bi"])
-    plans, _ = _plan(bi_cfg, store, store_manifest.fingerprint, adapter, method_named("modegpt"), args.rate,
-                     settings, device)
+    bi = compose_config([*args.overrides, "compression.allocation=bi"]).compression
+    plans = method_named("modegpt").plan(block_influence_of(cfg, store, adapter.num_layers), args.rate, bi, adapter)
     stats = {n: t.to(device) for n, t in store.read_layer(args.layer, verify=False).items()}
     dense = solver.DenseLayer.from_layer(adapter.layer(args.layer), heads, device)
 

@@ -118,21 +118,26 @@ def calibration_documents(source: str, path: str | None) -> list[str]:
     return documents
 
 
-def sample_windows(token_ids: torch.Tensor, num_samples: int, seq_len: int, seed: int) -> torch.Tensor:
+def sample_windows(token_ids: torch.Tensor, num_samples: int, seq_len: int, seed: int, heldout: int = 0
+                   ) -> torch.Tensor:
     """Pick ``num_samples`` distinct, non-overlapping windows of ``seq_len`` tokens, seed-controlled.
 
     The token stream is cut into consecutive windows and a seeded permutation chooses among them, so no
-    token is seen twice and the same seed always gives the same samples.
+    token is seen twice and the same seed always gives the same samples. ``heldout``: the permutation's next
+    ``heldout`` windows instead (text the calibration windows never contain).
     """
     available = token_ids.numel() // seq_len
-    if available < num_samples:
+    if available < num_samples + heldout:
+        wanted = f"calibration.num_samples={num_samples}" + (
+            f" + compression.validation_sequences={heldout} held out" if heldout else "")
         raise CalibrationError(
             f"calibration set shorter than asked: {token_ids.numel()} tokens give {available} windows of "
-            f"{seq_len}, but calibration.num_samples={num_samples}"
+            f"{seq_len}, but {wanted}"
         )
     windows = token_ids[: available * seq_len].view(available, seq_len)
     generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(available, generator=generator)[:num_samples]
+    order = torch.randperm(available, generator=generator)
+    chosen = order[num_samples : num_samples + heldout] if heldout else order[:num_samples]
     return windows[chosen].clone()
 
 

@@ -50,7 +50,9 @@ class CompressionConfig:
     method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
-    allocation: str = "error"  # error (one budget across modules and layers) | bi (Block Influence: paper) | uniform
+    # error (one budget across modules and layers from their error curves) | bi (Block Influence: the paper) |
+    # uniform | validated (the candidate below whose compressed model is closest to the dense one on held-out text)
+    allocation: str = "error"
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
@@ -78,6 +80,11 @@ class CompressionConfig:
     # (E 1/‖h‖², the next norm's view: no probe) or fisher (E ‖∂L/∂y‖², the loss's; needs calibration.fisher);
     # kl-error: kl with the probe's MLP-output noise shaped like the Type-I error's covariance (not isotropic)
     curve_scale: str = "kl"
+    # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
+    # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
+    # held-out sequences: the next validation_sequences windows of the calibration source, never captured
+    candidates: list[str] = field(default_factory=lambda: ["kl", "residual", "bi", "uniform"])
+    validation_sequences: int = 8
 
 
 @dataclass
@@ -129,7 +136,7 @@ class Config:
 
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
-ALLOCATIONS = ("bi", "uniform", "error")
+ALLOCATIONS = ("bi", "uniform", "error", "validated")
 SEQUENTIAL_TARGETS = ("layer", "dense")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
@@ -183,6 +190,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,
            f"bi or uniform with compression.method={k.method} (error needs a method with module error curves)")
+    _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
+           k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
+           "to the model in memory: a method that can write a solved layer into its block)")
     from pipeline.modegpt import REFITS, SELECTIONS
 
     _check_choice("compression.mlp_selection", k.mlp_selection, SELECTIONS)
@@ -200,6 +210,20 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",
            k.curve_scale,
            "residual, kl or kl-error unless calibration.fisher=true (the store then holds the gradient energies)")
+    from pipeline.solve_identity import RULES
+
+    candidates = (*CURVE_SCALES, *RULES)
+    for name in k.candidates:
+        _check(name in candidates, "compression.candidates", list(k.candidates),
+               "a list among " + ", ".join(candidates))
+        _check(name != "fisher" or c.fisher, "compression.candidates", list(k.candidates),
+               "no fisher unless calibration.fisher=true (the store then holds the gradient energies)")
+    _check(len(set(k.candidates)) == len(k.candidates) and (k.allocation != "validated" or len(k.candidates) > 0),
+           "compression.candidates", list(k.candidates), "distinct names, at least one with allocation=validated")
+    _check(k.validation_sequences > 0, "compression.validation_sequences", k.validation_sequences,
+           "a positive integer")
+    _check(k.allocation != "validated" or not k.sequential, "compression.allocation", k.allocation,
+           "error, bi or uniform with compression.sequential=true (validation solves every candidate from the store)")
     _check(k.sequential_target == "layer" or not k.fisher_mix, "compression.sequential_target", k.sequential_target,
            "layer with compression.fisher_mix > 0 (the cross-correlation the dense target reads is not weighted)")
     _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from pipeline.artifacts.atomic import atomic_path
 from pipeline.artifacts.expected import (
     ASSEMBLE,
     CAPTURE,
@@ -105,3 +106,36 @@ def checkpoint_dir(cfg: Any, rate: float | None = None) -> Path:
     if found.fingerprint != expected_checkpoint(cfg, solve_manifest.fingerprint).fingerprint:
         raise ArtifactError(f"{target} was assembled from another solve: rerun `modegpt assemble overwrite=[assemble]`")
     return target
+
+
+def heldout_tokens(cfg: Any, count: int) -> torch.Tensor:
+    """[count, L] held-out windows of the calibration source (allocation=validated): the calibration permutation's
+    next ones, so no captured token is among them. Sampled once, by the first solve that asks, beside the tokens
+    (``ArtifactPaths.heldout_tokens``); a file made by another sampling rule or count is sampled again."""
+    from pipeline.calibration import calibration_documents, sample_windows, tokenize_documents
+    from pipeline.dense import load_tokenizer
+    from pipeline.solve_identity import VALIDATION_VERSION
+
+    load_tokens(cfg)  # the calibration windows these are held out from exist and are current
+    paths, c = ArtifactPaths(cfg), cfg.calibration
+    path = paths.heldout_tokens(count)
+    key = json.dumps({"calibration": paths.calibration_key, "count": count, "version": VALIDATION_VERSION},
+                     sort_keys=True)
+    if path.exists():
+        with safe_open(str(path), "pt") as handle:
+            if (handle.metadata() or {}).get("key") == key:
+                ids = handle.get_tensor("input_ids")
+                if tuple(ids.shape) == (count, c.seq_len):
+                    return ids
+    tokenizer = load_tokenizer(cfg, paths.dense_model)
+    stream = tokenize_documents(tokenizer, calibration_documents(c.source, c.path))
+    ids = sample_windows(stream, c.num_samples, c.seq_len, c.seed, heldout=count)
+    with atomic_path(path) as tmp:
+        save_file({"input_ids": ids}, str(tmp), metadata={"key": key})
+    return ids
+
+
+def block_influence_of(cfg: Any, store: CorrelationStore, num_layers: int) -> torch.Tensor:
+    """Each layer's Block Influence (1 − mean cosine of its input and output) from the store's sums."""
+    scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens")) for i in range(num_layers)]
+    return torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()

@@ -24,20 +24,36 @@ PROBE_SEED = 0
 # covariances shape kl-error's noise
 PROBED_SCALES = ("kl", "kl-error")
 ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+# 1: held-out windows are the calibration permutation's next ones; mean KL(dense ‖ candidate) per token
+VALIDATION_VERSION = 1
 # Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead
 SWEEP_FIELDS = ("rate", "rates")
+# Compression fields only allocation=validated reads: part of a solve's key, not of the curves and probe it reads
+VALIDATION_FIELDS = ("candidates", "validation_sequences")
+RULES = ("bi", "uniform")  # candidates of allocation=validated that are allocations of their own (no curves)
 
 
 def _plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def compression_fields(compression: Any) -> dict[str, Any]:
-    """Every field of the compression schema but the sweep's, as plain values."""
+def compression_fields(compression: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Every field of the compression schema but the sweep's (and ``skip``), as plain values."""
     from pipeline.config import CompressionConfig
 
     return {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
-            if f.name not in SWEEP_FIELDS}
+            if f.name not in SWEEP_FIELDS + skip}
+
+
+def candidate(compression: Any, name: str) -> Any:
+    """``compression`` as allocation=validated's candidate ``name`` plans it: a rule (bi, uniform) or error curves in
+    the units of the curve_scale ``name`` (a copy; every other field as given)."""
+    view = OmegaConf.create(_plain(compression))
+    if name in RULES:
+        view.allocation = name
+    else:
+        view.allocation, view.curve_scale = "error", name
+    return view
 
 
 def probe_key(compression: Any) -> dict[str, Any] | None:
@@ -50,7 +66,8 @@ def probe_key(compression: Any) -> dict[str, Any] | None:
     key: dict[str, Any] = {"curve_scale": k.curve_scale, "version": PROBE_VERSION, "sequences": PROBE_SEQUENCES,
                            "positions": PROBE_POSITIONS, "seed": PROBE_SEED}
     if k.curve_scale == "kl-error":
-        key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS), "compression": compression_fields(k)}
+        key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS),
+                "compression": compression_fields(k, VALIDATION_FIELDS)}
     return key
 
 
@@ -59,12 +76,21 @@ def curves_key(compression: Any) -> dict[str, Any] | None:
     the curves read can be left out), the curves' code version and the probe they are scaled by."""
     if compression.allocation != "error":
         return None
-    return {"version": CURVES_VERSION, "compression": compression_fields(compression),
+    return {"version": CURVES_VERSION, "compression": compression_fields(compression, VALIDATION_FIELDS),
             "probe": probe_key(compression)}
+
+
+def plan_key(compression: Any) -> dict[str, Any] | None:
+    """What a solve's plan reads besides the store and the compression fields: its curves, or under
+    allocation=validated every candidate's curves and the validation's own version."""
+    if compression.allocation != "validated":
+        return curves_key(compression)
+    return {"validation": VALIDATION_VERSION,
+            "candidates": {name: curves_key(candidate(compression, name)) for name in compression.candidates}}
 
 
 def solve_key(compression: Any, rate: float | None = None) -> dict[str, Any]:
     """A solve's identity besides its store: every compression field, the rate (when given), and the code
     versions and settings of the curves and probe behind its plan."""
-    key = compression_fields(compression) | {"curves": curves_key(compression)}
+    key = compression_fields(compression) | {"curves": plan_key(compression)}
     return key if rate is None else key | {"rate": float(rate)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import (
+    CANDIDATES_DIR,
     COMPLETE,
     PLAN,
     ArtifactError,
@@ -37,6 +39,7 @@ from pipeline.artifacts import (
 )
 from pipeline.capture import STAT_NAMES, fisher_mixed
 from pipeline.capture.fisher import token_gradient_weights
+from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.capture.runner import capture_layers
 from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
 from pipeline.capture.sensitivity import noise_factor
@@ -45,8 +48,8 @@ from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.progress import progress
-from pipeline.readers import layer_errors, load_tokens, open_store, stored_numel
-from pipeline.solve_identity import PROBED_SCALES, curves_key, probe_key
+from pipeline.readers import block_influence_of, heldout_tokens, layer_errors, load_tokens, open_store, stored_numel
+from pipeline.solve_identity import PROBED_SCALES, candidate, curves_key, probe_key
 from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
@@ -76,15 +79,29 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     num_layers = adapter.num_layers
     method = method_named(k.method)
     settings = SolverSettings.from_config(k)
-    plans, plan_doc = _plan(cfg, store, store_manifest.fingerprint, adapter, method, target_rate, settings, device)
+    block_influence = block_influence_of(cfg, store, adapter.num_layers)
+    candidates = {name: method.plan(block_influence, target_rate, view, adapter,
+                                    _module_curves(cfg, view, store, store_manifest.fingerprint, adapter, method,
+                                                   device) if view.allocation == "error" else None)
+                  for name, view in _candidate_views(k).items()}
     target.mkdir(parents=True, exist_ok=True)
     if action == "resume" and (target / PLAN).exists():
-        if read_json(target / PLAN) != json.loads(json.dumps(plan_doc)):
+        plan_doc = read_json(target / PLAN)
+        chosen = plan_doc.get("chosen", k.allocation)
+        recomputed = _plan_doc(k, target_rate, adapter, block_influence, chosen, candidates.get(chosen, []))
+        if {n: v for n, v in plan_doc.items() if n != "validation"} != json.loads(json.dumps(recomputed)):
             raise ArtifactError(f"{target / PLAN} differs from the recomputed plan: rerun with overwrite=[solve]")
         log.info("resuming solve in %s", target)
     else:
         write_manifest(target, expected)
+        chosen, validation = k.allocation, None
+        if k.allocation == "validated":
+            chosen, validation = _validate(cfg, store, adapter, method, candidates, settings, device, target)
+        plan_doc = _plan_doc(k, target_rate, adapter, block_influence, chosen, candidates[chosen])
+        if validation is not None:
+            plan_doc["validation"] = validation
         atomic_write_json(target / PLAN, plan_doc)
+    plans = candidates[chosen]
 
     errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     dense_total, dense_block = adapter.total_params(), adapter.block_linear_params()  # sequential edits the blocks
@@ -104,6 +121,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
         "seconds": round(time.perf_counter() - t0, 3),
         "sequential": bool(k.sequential),
         "peak_device_bytes": peak_device_memory(device),
+        **({"validation": plan_doc["validation"]} if "validation" in plan_doc else {}),
     }
     write_manifest(target, expected)
     log.info("solve complete: target %.3f, achieved %.4f of block parameters (%.4f of the whole model) -> %s",
@@ -131,7 +149,8 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
 def _stored_sums_read(cfg: Any) -> tuple[str, ...] | None:
     """The store arrays a solve reads: all of them, but a Fisher store's fisher_* sums only when used."""
     k = cfg.compression
-    return None if k.fisher_mix or k.curve_scale == "fisher" else STAT_NAMES
+    scales = k.candidates if k.allocation == "validated" else [k.curve_scale]
+    return None if k.fisher_mix or "fisher" in scales else STAT_NAMES
 
 
 def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
@@ -174,17 +193,18 @@ def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch
     return err
 
 
-def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
-                   settings: SolverSettings, device: torch.device) -> list[dict[str, ModuleCurve]]:
-    """Every layer's module error curves for ``compression.allocation=error``: one pass over the store, cached in a
-    file named by what produced it (they do not depend on the rate, so every rate of a sweep reuses them)."""
-    k = cfg.compression
+def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
+                   device: torch.device) -> list[dict[str, ModuleCurve]]:
+    """Every layer's module error curves for allocation=error under compression settings ``k`` (the config's, or a
+    validated candidate's): one pass over the store, cached in a file named by what produced it (they do not
+    depend on the rate, so every rate of a sweep reuses them)."""
+    settings = SolverSettings.from_config(k)
     key = {"store": store_fingerprint, **(curves_key(k) or {})}
     path = ArtifactPaths(cfg).module_curves(fingerprint(key))
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
-    sensitivity = (_output_sensitivity(cfg, store, store_fingerprint, adapter, method, settings, device)
+    sensitivity = (_output_sensitivity(cfg, k, store, store_fingerprint, adapter, method, settings, device)
                    if k.curve_scale in PROBED_SCALES else None)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
@@ -201,12 +221,11 @@ def _module_curves(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, m
     return curves
 
 
-def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
+def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
                         settings: SolverSettings, device: torch.device) -> torch.Tensor:
     """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the isotropic
     probe (``kl``) depends on the calibration tokens and the model only, so every solver setting under it reuses
     one probe, the dearest part of the curves."""
-    k = cfg.compression
     key = {"store": store_fingerprint, **(probe_key(k) or {})}
     path = ArtifactPaths(cfg).output_sensitivity(fingerprint(key))
     made_for = json.dumps(key, sort_keys=True)
@@ -218,7 +237,8 @@ def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: A
             log.info("reusing the KL probe's sensitivities %s", path)
             return sensitivity
         log.warning("%s was made for another store or probe setting: probing again", path)
-    factors = _mlp_noise_factors(cfg, store, adapter, method, settings, device) if k.curve_scale == "kl-error" else None
+    factors = (_mlp_noise_factors(cfg, k, store, adapter, method, settings, device)
+               if k.curve_scale == "kl-error" else None)
     sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
                                              mlp_noise_factor=factors)
     with atomic_path(path) as tmp:
@@ -226,11 +246,10 @@ def _output_sensitivity(cfg: Any, store: Any, store_fingerprint: str, adapter: A
     return sensitivity
 
 
-def _mlp_noise_factors(cfg: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,
+def _mlp_noise_factors(cfg: Any, k: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,
                        device: torch.device) -> Callable[[int], torch.Tensor]:
     """curve_scale=kl-error: layer l's MLP-output noise factor for the probe, from its Type-I error covariance (the
     store's MLP correlation, the dense down projection and the error curves' keep order), made when asked."""
-    k = cfg.compression
     d = adapter.block_shape().hidden_size
     keep = adapter.num_layers * d * d * 4 <= NOISE_FACTOR_CACHE_BYTES
     cache: dict[int, torch.Tensor] = {}
@@ -250,19 +269,60 @@ def _mlp_noise_factors(cfg: Any, store: Any, adapter: Any, method: Method, setti
     return factor
 
 
-def _plan(cfg: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method, target_rate: float,
-          settings: SolverSettings, device: torch.device) -> tuple[list[LayerPlan], dict[str, Any]]:
-    """Per-layer sparsities (the method's, from the store's Block Influence sums, or one budget across modules
-    from their error curves) and kept widths, plus plan.json's content."""
-    k = cfg.compression
+def _candidate_views(k: Any) -> dict[str, Any]:
+    """The compression settings each plan is made under: the configured allocation's own, or under
+    allocation=validated one per candidate."""
+    if k.allocation != "validated":
+        return {k.allocation: k}
+    return {name: candidate(k, name) for name in k.candidates}
+
+
+def _plan_doc(k: Any, target_rate: float, adapter: Any, block_influence: torch.Tensor, chosen: str,
+              plans: list[LayerPlan]) -> dict[str, Any]:
+    """plan.json's content: the kept widths of every layer and what chose them."""
     shape, heads = adapter.block_shape(), adapter.head_layout()
-    scalars = [store.read_layer(i, verify=cfg.verify_store, names=("bi_cos", "tokens"))
-               for i in range(adapter.num_layers)]
-    block_influence = torch.stack([1.0 - s["bi_cos"] / s["tokens"] for s in scalars]).flatten()
-    curves = (_module_curves(cfg, store, store_fingerprint, adapter, method, settings, device)
-              if k.allocation == "error" else None)
-    plans = method.plan(block_influence, target_rate, k, adapter, curves)
-    doc = {"rate": target_rate, "allocation": k.allocation, "method": k.method,
-           "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
-           "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
-    return plans, doc
+    return {"rate": target_rate, "allocation": k.allocation, "chosen": chosen, "method": k.method,
+            "dense": {"mlp_width": shape.intermediate_size, "qk_dim": heads.head_dim, "v_dim": heads.head_dim},
+            "block_influence": block_influence.tolist(), "layers": [p.to_json() for p in plans]}
+
+
+def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: dict[str, list[LayerPlan]],
+              settings: SolverSettings, device: torch.device, target: Path) -> tuple[str, dict[str, Any]]:
+    """allocation=validated: solve every candidate layer by layer (a plan two candidates share, once), score each
+    by the KL of its compressed model to the dense one on held-out sequences, and move the winner's solved layers
+    into the solve (so the winner costs no second solve). Returns the winner and the table for plan.json."""
+    k = cfg.compression
+    start = time.perf_counter()
+    heldout = heldout_tokens(cfg, k.validation_sequences)
+    scratch = target / CANDIDATES_DIR
+    shutil.rmtree(scratch, ignore_errors=True)
+    files: dict[str, dict[int, Path]] = {name: {} for name in candidates}
+
+    def variants(index: int) -> dict[str, dict[str, torch.Tensor]]:
+        sums = store.read_layer(index, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        solved: dict[str, Path] = {}  # one solve per distinct plan of this layer
+        for name, plans in candidates.items():
+            plan = json.dumps(plans[index].to_json(), sort_keys=True)
+            if plan not in solved:
+                _solve_layer(method, adapter, index, sums, plans[index], settings, device, scratch / name,
+                             k.fisher_mix)
+                solved[plan] = layer_file(scratch / name, index)
+            files[name][index] = solved[plan]
+        return {name: load_file(str(files[name][index])) for name in candidates}
+
+    def apply(layer: Any, tensors: dict[str, torch.Tensor]) -> None:
+        method.apply_in_place(layer, adapter, tensors)
+
+    kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
+    chosen = min(kl, key=kl.__getitem__)
+    for index, path in files[chosen].items():
+        with atomic_path(layer_file(target, index)) as tmp:  # a plan two candidates share has one file: copy
+            shutil.copyfile(path, tmp)
+    shutil.rmtree(scratch)
+    seconds = time.perf_counter() - start
+    table = "\n".join(f"  {name:<10} {value:.5f}{'  <- chosen' if name == chosen else ''}"
+                      for name, value in sorted(kl.items(), key=lambda item: item[1]))
+    log.info("held-out validation (%d sequences x %d tokens, %.1f s): mean KL to the dense model per token\n%s",
+             *heldout.shape, seconds, table)
+    return chosen, {"sequences": int(heldout.shape[0]), "positions": int(heldout.shape[1]),
+                    "kl_to_dense": kl, "seconds": round(seconds, 3)}

@@ -43,6 +43,7 @@ TOKENS_FILE = "tokens.safetensors"
 PLAN = "plan.json"
 METRICS = "metrics.json"
 LAYERS_DIR = "layers"
+CANDIDATES_DIR = "candidates"  # inside a solve: allocation=validated's candidates while they are scored
 REPORT_DIR = "report"
 LATEST = "latest"  # under paths.root: the human-named view of the latest run (see module doc)
 MODEL_POINTERS = ("prepare",)  # stages whose pointer is per model; the others' are per calibration
@@ -147,6 +148,11 @@ class ArtifactPaths:
     @property
     def tokens_file(self) -> Path:
         return self.tokens / TOKENS_FILE
+
+    def heldout_tokens(self, count: int) -> Path:
+        """``count`` held-out windows beside the calibration's (allocation=validated), made by the solve that
+        first asks: keyed by the tokens' key (the directory) and the count, the sampling rule in its metadata."""
+        return self.tokens / f"heldout-{count}.safetensors"
 
     @property
     def store(self) -> Path:

@@ -20,7 +20,8 @@ import logging
 import torch
 
 from pipeline.adapters import ModelAdapter, output_source
-from pipeline.capture.sensitivity import NoiseFactor, _draw_seed, _Head, run_probe
+from pipeline.capture.output_head import OutputHead
+from pipeline.capture.sensitivity import NoiseFactor, draw_seed, run_probe
 from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED, PROBE_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ def _uniforms(batch: torch.Tensor, seed: int, first: int) -> torch.Tensor:
     """[batch, positions] uniforms from a CPU generator per sequence (``first``: the batch's first sequence), so
     neither batching, position slicing nor the device changes a sequence's labels."""
     return torch.stack([torch.rand(batch.shape[1], generator=torch.Generator().manual_seed(
-        _draw_seed(seed, first + b, -1, 0)), dtype=torch.float64) for b in range(batch.shape[0])])
+        draw_seed(seed, first + b, -1, 0)), dtype=torch.float64) for b in range(batch.shape[0])])
 
 
 def _sampled_labels(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -40,7 +41,7 @@ def _sampled_labels(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Te
     return torch.searchsorted(cdf, draws).squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 
 
-def _output_gradient(head: _Head, hidden: torch.Tensor, seed: int, first: int) -> torch.Tensor:
+def _output_gradient(head: OutputHead, hidden: torch.Tensor, seed: int, first: int) -> torch.Tensor:
     """∂ Σ_t log p_t(y_t) / ∂(the last block's output), labels sampled from the model, a slice of positions at a
     time (what follows the blocks acts on each position alone)."""
     gradient = torch.zeros_like(hidden)
@@ -69,7 +70,7 @@ def _fisher_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device
             template = block(hidden, **kwargs)
             hidden = template[0] if isinstance(template, tuple) else template
             block.to(home)
-    gradient = _output_gradient(_Head(adapter.model, blocks, template, batch), hidden, seed, first)
+    gradient = _output_gradient(OutputHead(adapter.model, blocks, template, batch), hidden, seed, first)
     for index in reversed(range(len(blocks))):
         block = blocks[index]
         home = next(block.parameters()).device

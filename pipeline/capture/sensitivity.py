@@ -25,17 +25,15 @@ never all layers' at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from pipeline.adapters import ModelAdapter, output_source
+from pipeline.capture.output_head import OutputHead
 from pipeline.progress import progress
 from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED
 
@@ -46,7 +44,6 @@ log = logging.getLogger(__name__)
 # cost SmolLM2's default 7.5 captures, which is why the solve uses the backward-pass estimate instead.
 # σ as a fraction of the module output's RMS: small enough for the quadratic regime (benchmarks/probe_check.py)
 RELATIVE_NOISE, SEQUENCES, POSITIONS = 0.02, 8, PROBE_POSITIONS
-LOGIT_BUDGET = 1 << 24  # logits (positions × vocabulary) compared at once, in float64
 
 
 @dataclass
@@ -57,7 +54,7 @@ class _Stream:
     hidden: torch.Tensor
 
 
-def _draw_seed(seed: int, sequence: int, layer: int, site: int) -> int:
+def draw_seed(seed: int, sequence: int, layer: int, site: int) -> int:
     """One generator seed per (probe seed, calibration sequence, layer, module): the draws a sequence gets do not
     depend on which batch it is in."""
     return ((seed * 1_000_003 + sequence) * 100_003 + layer) * 2 + site
@@ -100,55 +97,6 @@ def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: lis
     return perturb
 
 
-class _Replay(nn.Module):
-    """Stands in for a decoder block: returns a fixed output without computing anything. It keeps the block's
-    plain attributes (e.g. ``attention_type``, which some models read to pick a mask)."""
-
-    def __init__(self, block: nn.Module, output: Any) -> None:
-        super().__init__()
-        for name, value in vars(block).items():
-            if not name.startswith("_") and isinstance(value, str | int | float | bool):
-                setattr(self, name, value)
-        self.output = output
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.output
-
-
-@contextlib.contextmanager
-def _blocks_returning(blocks: nn.ModuleList, output: Any) -> Iterator[None]:
-    originals = list(blocks)
-    try:
-        for i, block in enumerate(originals):
-            blocks[i] = _Replay(block, output)
-        yield
-    finally:
-        for i, block in enumerate(originals):
-            blocks[i] = block
-
-
-def _as_block_output(template: Any, hidden: torch.Tensor) -> Any:
-    """``hidden`` in the structure a block returns (a tensor, or a tuple led by it)."""
-    return (hidden, *template[1:]) if isinstance(template, tuple) else hidden
-
-
-class _Head:
-    """Next-token log-probabilities from the last block's output, through the model's own final norm and head
-    (every block replaced by a replay of that output), a slice of positions at a time: what follows the blocks
-    acts on each position alone, so slicing is exact."""
-
-    def __init__(self, model: nn.Module, blocks: nn.ModuleList, template: Any, batch: torch.Tensor) -> None:
-        self.model, self.blocks, self.template, self.batch = model, blocks, template, batch
-        vocab = model.get_output_embeddings().weight.shape[0]
-        step = max(1, LOGIT_BUDGET // max(1, batch.shape[0] * vocab))
-        self.slices = [slice(a, a + step) for a in range(0, batch.shape[1], step)]
-
-    def log_probs(self, hidden: torch.Tensor, positions: slice) -> torch.Tensor:
-        with _blocks_returning(self.blocks, _as_block_output(self.template, hidden[:, positions])):
-            logits = self.model(input_ids=self.batch[:, positions], use_cache=False).logits
-        return F.log_softmax(logits.double(), dim=-1)
-
-
 NoiseFactor = Callable[[int], torch.Tensor | None]  # layer -> L̂ of its MLP output's noise (None: isotropic)
 
 
@@ -169,7 +117,7 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device:
         factors = (None, None if mlp_noise_factor is None else mlp_noise_factor(index))
         for site, linear in enumerate((layers[index].o_proj, layers[index].down_proj)):
             sigma: list[torch.Tensor] = []
-            seeds = [_draw_seed(seed, first + b, index, site) for b in range(batch.shape[0])]
+            seeds = [draw_seed(seed, first + b, index, site) for b in range(batch.shape[0])]
             handle = output_source(linear)[0].register_forward_hook(
                 _perturbing(linear, relative_noise, seeds, sigma, factors[site]))
             try:
@@ -180,7 +128,7 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device:
         template = block(clean, **kwargs)
         clean = template[0] if isinstance(template, tuple) else template
         block.to(home)
-    head = _Head(model, blocks, template, batch)
+    head = OutputHead(model, blocks, template, batch)
     for positions in head.slices:
         reference = head.log_probs(clean, positions)
         probabilities = reference.exp()

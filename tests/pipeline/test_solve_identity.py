@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import compose_config, tiny_overrides
+from omegaconf import ListConfig
 
 from pipeline import solve_identity
 from pipeline.artifacts import ArtifactPaths, expected_solve
@@ -28,6 +29,8 @@ def _another(value):
         return str(value + 1)
     if isinstance(value, float):
         return str(round(value * 0.5 + 0.01, 6))
+    if isinstance(value, list | ListConfig):
+        return "[" + ",".join(value[:-1] if len(value) > 1 else ["bi", *value]) + "]"
     return f"{value}-changed"
 
 
@@ -66,6 +69,21 @@ def test_the_probe_is_shared_by_solver_settings_but_not_by_probe_settings(monkey
     assert solve_identity.probe_key(cfg.compression) == solve_identity.probe_key(other_solver.compression)
     assert solve_identity.curves_key(cfg.compression) != solve_identity.curves_key(other_solver.compression)
     assert solve_identity.probe_key(compose_config(["compression.curve_scale=residual"]).compression) is None
+
+
+def test_validation_fields_name_another_solve_but_share_the_candidates_curves(tmp_path, tiny_model_dirs,
+                                                                               monkeypatch) -> None:
+    validated = ("compression.allocation=validated", "compression.candidates=[kl,residual,bi]")
+    base = _solve_identity(tmp_path, tiny_model_dirs["llama"], *validated)
+    monkeypatch.setattr(solve_identity, "VALIDATION_VERSION", solve_identity.VALIDATION_VERSION + 1)
+    assert _solve_identity(tmp_path, tiny_model_dirs["llama"], *validated)[0] != base[0]
+    k = compose_config(list(validated)).compression
+    fewer = compose_config(["compression.allocation=validated", "compression.candidates=[kl]",
+                            "compression.validation_sequences=3"]).compression
+    plain = compose_config(["compression.allocation=error", "compression.curve_scale=kl"]).compression
+    kl = solve_identity.curves_key(solve_identity.candidate(k, "kl"))
+    assert kl == solve_identity.curves_key(solve_identity.candidate(fewer, "kl")) == solve_identity.curves_key(plain)
+    assert solve_identity.candidate(k, "bi").allocation == "bi"
 
 
 @pytest.mark.parametrize("group", ["default", "paper"])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.adapters import adapter_for, output_source, tiny_model_types
-from pipeline.capture import sensitivity
+from pipeline.capture import output_head, sensitivity
 from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
 from pipeline.capture.sensitivity import RELATIVE_NOISE, noise_factor, output_sensitivity
 from pipeline.tiny import random_model, tiny_config
@@ -76,7 +76,7 @@ def _naive_sensitivity(model: torch.nn.Module, adapter, ids: torch.Tensor, batch
             for site, linear in enumerate((layer.o_proj, layer.down_proj)):
                 module, cols = output_source(linear)
                 sigma = []
-                generator = torch.Generator().manual_seed(sensitivity._draw_seed(seed, number, i, site))
+                generator = torch.Generator().manual_seed(sensitivity.draw_seed(seed, number, i, site))
 
                 def perturb(m, args, out, cols=cols, sigma=sigma, generator=generator):
                     sigma.append(RELATIVE_NOISE * float(out[..., cols].float().square().mean().sqrt()))
@@ -99,7 +99,7 @@ def test_block_by_block_equals_whole_model_passes(model_type: str, monkeypatch: 
     adapter = adapter_for(model)
     ids = torch.randint(3, 120, (3, 7), generator=torch.Generator().manual_seed(1))
     # a logit budget of two positions' logits per batch row: the comparison runs in several position slices
-    monkeypatch.setattr(sensitivity, "LOGIT_BUDGET", 2 * 2 * model.config.vocab_size)
+    monkeypatch.setattr(output_head, "LOGIT_BUDGET", 2 * 2 * model.config.vocab_size)
     streamed = output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=3, seed=3)
     with torch.no_grad():
         naive = _naive_sensitivity(model, adapter, ids, 2, seed=3)
@@ -210,7 +210,7 @@ def test_sampled_fisher_batching_changes_nothing_but_the_seed_does(monkeypatch: 
     cpu = torch.device("cpu")
     one = sampled_fisher_sensitivity(adapter, ids, 1, cpu, sequences=4)
     # several position slices of the head: the labels are drawn per sequence and slice
-    monkeypatch.setattr(sensitivity, "LOGIT_BUDGET", 3 * 4 * model.config.vocab_size)
+    monkeypatch.setattr(output_head, "LOGIT_BUDGET", 3 * 4 * model.config.vocab_size)
     assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-4, atol=0)
     assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-4, atol=0)
     assert not torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1), one, rtol=1e-2)

@@ -1,0 +1,76 @@
+"""How far each candidate compression moves the model's next-token distribution on held-out text (allocation=validated).
+
+Every candidate is applied in memory, layer by layer like the capture: the dense hidden state and one stream per
+candidate go through each block in turn; for a candidate the block is rewritten with that candidate's solved layer
+(``apply``), run, and restored, so one copy of the model serves them all and only one block is on the device.
+After the last block each stream's next-token distribution is compared with the dense one, a slice of positions at a
+time, as mean KL(p_dense ‖ p_candidate) per token. The dense stream is computed once for every candidate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from pipeline.adapters import LayerAdapter, ModelAdapter
+from pipeline.capture.output_head import OutputHead
+from pipeline.progress import progress
+
+log = logging.getLogger(__name__)
+
+# layer index -> {candidate name: what ``apply`` writes into that layer's block}
+LayerVariants = Callable[[int], dict[str, Any]]
+Apply = Callable[[LayerAdapter, Any], None]
+
+
+@torch.no_grad()
+def heldout_kl(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
+               variants: LayerVariants, apply: Apply) -> dict[str, float]:
+    """Mean KL(dense ‖ candidate) per token over ``input_ids`` [N, L] for every candidate ``variants`` names
+    (``variants(i)`` gives candidate → layer i's solution, asked once per layer, in order). Hidden states of every
+    stream stay on the host between blocks; the model ends where it was."""
+    blocks = adapter.decoder_layers()
+    batches = [b.to(device) for b in input_ids.split(batch_size)]
+    home = next(adapter.model.get_input_embeddings().parameters()).device
+    adapter.move_non_layer_modules(device)
+    try:
+        entries = [adapter.block_inputs(b) for b in batches]
+        dense = [hidden.cpu() for hidden, _ in entries]
+        kwargs = [kw for _, kw in entries]
+        streams: dict[str, list[torch.Tensor]] = {}
+        templates: list[Any] = []
+        for index in progress(range(len(blocks)), desc="held-out validation", unit="layer"):
+            block = blocks[index]
+            block_home = next(block.parameters()).device
+            block.to(device)
+            solved = variants(index)
+            if not streams:
+                streams = {name: list(dense) for name in solved}
+            if set(solved) != set(streams):
+                raise ValueError(f"layer {index} has candidates {sorted(solved)}, expected {sorted(streams)}")
+            dense_state = {k: v.clone() for k, v in block.state_dict().items()}
+            for name, solution in solved.items():
+                apply(adapter.layer(index), solution)
+                streams[name] = [adapter.run_block(block, h.to(device), kw).cpu()
+                                 for h, kw in zip(streams[name], kwargs, strict=True)]
+                block.load_state_dict(dense_state)
+            outputs = [block(h.to(device), **kw) for h, kw in zip(dense, kwargs, strict=True)]
+            templates = outputs
+            dense = [(out[0] if isinstance(out, tuple) else out).cpu() for out in outputs]
+            block.to(block_home)
+        totals = dict.fromkeys(streams, 0.0)
+        for number, batch in enumerate(batches):
+            head = OutputHead(adapter.model, blocks, templates[number], batch)
+            for positions in head.slices:
+                reference = head.log_probs(dense[number].to(device), positions)
+                probabilities = reference.exp()
+                for name, hidden in streams.items():
+                    candidate = head.log_probs(hidden[number].to(device), positions)
+                    totals[name] += float((probabilities * (reference - candidate)).sum())
+    finally:
+        adapter.move_non_layer_modules(home)
+    tokens = input_ids.numel()
+    return {name: total / tokens for name, total in totals.items()}
