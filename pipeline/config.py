@@ -43,6 +43,10 @@ class CalibrationConfig:
     # Also store loss-aware (empirical Fisher) copies of the solver's sums: one backward pass per calibration batch
     # with the whole model on the device; compression.fisher_mix chooses how much of them a solve uses.
     fisher: bool = False
+    # How each batch's correlation products are formed before they join the FP64 sums: fp64 | fp32 | tf32 | bf16
+    # (tf32, bf16: tensor cores on CUDA; on a CPU tf32 is fp32 and bf16 rounds the inputs). FP64 runs at 1/32-1/64
+    # of FP32 on most GPUs that are not H100/A100; docs/solver.md has what fp32 changes.
+    product_precision: str = "fp64"
 
 
 @dataclass
@@ -186,6 +190,9 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(c.num_samples > 0, "calibration.num_samples", c.num_samples, "a positive integer")
     _check(c.seq_len > 1, "calibration.seq_len", c.seq_len, "an integer > 1")
     _check(c.batch_size > 0, "calibration.batch_size", c.batch_size, "a positive integer")
+    from pipeline.capture.stats import PRODUCT_PRECISIONS
+
+    _check_choice("calibration.product_precision", c.product_precision, PRODUCT_PRECISIONS)
     _check_choice("compression.method", k.method, tuple(METHODS))
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,

@@ -141,7 +141,7 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
                 _barrier(world)
 
             capture_layers(adapter, shard, sink, _device(cfg, world), cfg.calibration.batch_size, start,
-                           token_weights=weights)
+                           token_weights=weights, precision=cfg.calibration.product_precision)
     if rank == 0:
         expected.status = COMPLETE
         expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,

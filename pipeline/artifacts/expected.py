@@ -81,13 +81,20 @@ def expected_tokens(cfg: Any) -> Manifest:
     )
 
 
+def _products(cfg: Any) -> dict[str, str]:
+    """The precision of the store's products, recorded when not FP64 (FP64 stores keep their fingerprints)."""
+    precision = cfg.calibration.product_precision
+    return {} if precision == "fp64" else {"product_precision": precision}
+
+
 def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
     return Manifest(
         stage=CAPTURE,
         code_version=CAPTURE_VERSION,
         # "fisher" only when on: stores captured before the option existed keep their fingerprint. Its value is
         # the Fisher sums' own version (2: raw gradient weights and their sums), bumped when they change.
-        config={"dtype": cfg.model.dtype} | ({"fisher": FISHER_VERSION} if cfg.calibration.fisher else {}),
+        config={"dtype": cfg.model.dtype} | ({"fisher": FISHER_VERSION} if cfg.calibration.fisher else {})
+        | _products(cfg),
         inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg)},
     )
 

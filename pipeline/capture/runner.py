@@ -53,6 +53,7 @@ def capture_layers(
     rewrite: BlockRewrite | None = None,
     token_weights: torch.Tensor | None = None,
     dense_reference: bool = False,
+    precision: str = "fp64",
 ) -> None:
     """Run the dense model block by block over ``input_ids`` and hand each layer's FP64 sums to ``sink``.
 
@@ -64,6 +65,7 @@ def capture_layers(
     ``token_weights`` [layers, 2, N, L] (see :mod:`pipeline.capture.fisher`) adds the ``fisher_*`` sums.
     ``dense_reference`` (with ``rewrite``) also carries the unrewritten model's hidden states alongside and adds
     ``mlp_cross``: each layer's MLP activations against the dense model's on the same tokens.
+    ``precision``: of each batch's Gram products (``PRODUCT_PRECISIONS``), added to FP64 sums.
     Under torch.distributed each rank passes its own shard of samples; sums are all-reduced before
     ``sink`` is called (on every rank: the caller decides who writes).
     """
@@ -99,7 +101,7 @@ def capture_layers(
             bar.set_postfix_str(f"replayed layer {index}")
             continue
         stats = LayerStats.zeros(shapes, device)
-        with LayerStatsCollector(adapter.layer(index), heads, stats) as collector:
+        with LayerStatsCollector(adapter.layer(index), heads, stats, precision) as collector:
             for i, h in enumerate(hidden):
                 if reference is not None:
                     collector.paused = True

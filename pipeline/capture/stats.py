@@ -107,6 +107,11 @@ def _flat64(t: torch.Tensor) -> torch.Tensor:
 
 
 GRAM_BLOCK = 384  # column blocks of at least this width; up to 4 blocks
+# calibration.product_precision: how each batch's Gram products are formed before they are added to the FP64 sums.
+# fp64 everywhere; fp32 at the FP32 rate; tf32 (CUDA: TF32 tensor cores, elsewhere fp32); bf16 (inputs rounded to
+# BF16, products accumulated in FP32: CUDA's BF16 tensor cores, emulated elsewhere). The sums stay FP64 across
+# batches, so the rounding is one batch's, not the whole calibration's.
+PRODUCT_PRECISIONS = ("fp64", "fp32", "tf32", "bf16")
 
 
 def gram_blocks(n: int) -> list[tuple[int, int]]:
@@ -117,18 +122,43 @@ def gram_blocks(n: int) -> list[tuple[int, int]]:
     return [(a, min(a + width, n)) for a in range(0, n, width)]
 
 
-def add_gram_upper(acc: torch.Tensor, x: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
-    """acc += xᵀx in FP64 on the upper block triangle only (see :func:`mirror_upper`); x is [tokens, n] in any
-    float dtype, converted block by block so no full FP64 copy is made besides the blocks themselves."""
-    if len(blocks) == 1:
-        x64 = x.to(torch.float64)
-        acc.addmm_(x64.T, x64)
-        return
-    cols = [x[:, a:b].to(torch.float64, memory_format=torch.contiguous_format) for a, b in blocks]
+def _operand(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """x as a Gram product's operand: FP64, FP32, or rounded to BF16 (kept BF16 where CUDA multiplies it)."""
+    if precision == "fp64":
+        return x.to(torch.float64, memory_format=torch.contiguous_format)
+    if precision == "bf16":
+        rounded = x.to(torch.bfloat16, memory_format=torch.contiguous_format)
+        return rounded if rounded.is_cuda else rounded.float()
+    return x.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def _add_product(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, precision: str) -> None:
+    """acc (FP64) += aᵀb formed at ``precision``."""
+    if precision == "fp64":
+        acc.addmm_(a.T, b)
+    elif a.dtype == torch.bfloat16:  # CUDA: BF16 operands, FP32 accumulation
+        acc.add_(torch.mm(a.T, b, out_dtype=torch.float32))
+    elif precision == "tf32" and a.is_cuda:
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            acc.add_(a.T @ b)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    else:
+        acc.add_(a.T @ b)
+
+
+def add_gram_upper(acc: torch.Tensor, x: torch.Tensor, blocks: list[tuple[int, int]], precision: str = "fp64"
+                   ) -> None:
+    """acc += xᵀx (acc FP64) on the upper block triangle only (see :func:`mirror_upper`); x is [tokens, n] in any
+    float dtype, converted block by block so no full copy is made besides the blocks themselves; each product is
+    formed at ``precision`` (PRODUCT_PRECISIONS) and added to the FP64 sum."""
+    cols = [_operand(x[:, a:b], precision) for a, b in blocks]
     for i, (a, b) in enumerate(blocks):
         for j in range(i, len(blocks)):
             c, d = blocks[j]
-            acc[a:b, c:d].addmm_(cols[i].T, cols[j])
+            _add_product(acc[a:b, c:d], cols[i], cols[j], precision)
 
 
 def mirror_upper(acc: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
@@ -141,9 +171,10 @@ def mirror_upper(acc: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
 class LayerStatsCollector:
     """Hooks one block's modules and adds each forward pass's contribution to :class:`LayerStats`."""
 
-    def __init__(self, layer: LayerAdapter, heads: HeadLayout, stats: LayerStats) -> None:
+    def __init__(self, layer: LayerAdapter, heads: HeadLayout, stats: LayerStats, precision: str = "fp64") -> None:
         self.heads = heads
         self.stats = stats
+        self.precision = precision  # of the Gram products (PRODUCT_PRECISIONS); the sums are FP64 whatever it is
         # Per-token weights [2, tokens] of the current batch (see set_token_weights); None: plain sums only.
         self._weights: torch.Tensor | None = None
         # The reference stream's MLP activations of the current batch (see set_reference): mlp_cross.
@@ -189,7 +220,7 @@ class LayerStatsCollector:
     def _weighted_gram(self, name: str, x: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
         if self._weights is not None:
             root = self._weights[FISHER_SITE[name]].to(x.device).sqrt().unsqueeze(1)
-            add_gram_upper(self.stats.fisher[name], x.to(torch.float64) * root, blocks)
+            add_gram_upper(self.stats.fisher[name], x.to(torch.float64) * root, blocks, self.precision)
 
     def _weighted_energy(self, name: str, x64: torch.Tensor, shape: tuple[int, int]) -> None:
         if self._weights is not None:
@@ -198,23 +229,23 @@ class LayerStatsCollector:
 
     def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         x = _flat(args[0])
-        add_gram_upper(self.stats.attn_gram, x, self._attn_blocks)
+        add_gram_upper(self.stats.attn_gram, x, self._attn_blocks, self.precision)
         self._weighted_gram("attn_gram", x, self._attn_blocks)
         self.stats.tokens += x.shape[0]
 
     def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         h = _flat(args[0])
-        add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks)
+        add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks, self.precision)
         self._weighted_gram("mlp_gram", h, self._mlp_blocks)
         if self._reference is not None:
             assert self.stats.mlp_cross is not None
             self.stats.mlp_cross.addmm_(h.to(torch.float64).T, self._reference.to(h.device))
 
     def _mlp_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
-        add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks)
+        add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks, self.precision)
 
     def _o_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
-        add_gram_upper(self.stats.o_in_gram, _flat(args[0]), self._o_in_blocks)
+        add_gram_upper(self.stats.o_in_gram, _flat(args[0]), self._o_in_blocks, self.precision)
 
     def _query(self, module: Any, args: Any, out: torch.Tensor) -> None:
         # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.
