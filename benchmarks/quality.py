@@ -94,6 +94,11 @@ METHODS = {  # name -> overrides on top of the run's config
     # the default shape's MLP budget by the paper's Block-Influence layer budgets, each taken from the layer's MLP
     # (attention whole): the rule that won on a held-out model (issue 28), with no curves and no probe
     "bi-mlp": ["compression.allocation=bi"],
+    "uniform-mlp": ["compression.allocation=uniform"],  # ... every layer's MLP cut alike
+    # the plan among kl, residual, bi and uniform whose model is closest to the dense one on held-out text
+    "validated": ["compression.allocation=validated"],
+    "validated-noprobe": ["compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
+    "fp32-products": ["calibration.product_precision=fp32"],  # the default from a store of FP32 products
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
     "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
