@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--dense-quants", nargs="+", default=["q4_k_m", "q3_k_m", "q2_k"])
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/llama_cpp"))
+    parser.add_argument("--speed-only", action="store_true",
+                        help="sizes and tokens/s only (no perplexity, no greedy check): a quick idle-machine rerun")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (compression.shape=deci is added)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -147,7 +149,8 @@ def main() -> None:
     def hf_perplexity(model: torch.nn.Module) -> float:  # quality.py's figure for the same weights, if it has one
         return cached_perplexity(model, ids, seq_len, args.max_windows, source, cfg.model.dtype, paths.root)
 
-    hf_ppl["dense"] = hf_perplexity(dense)
+    if not args.speed_only:
+        hf_ppl["dense"] = hf_perplexity(dense)
     greedy: dict[str, list[bool]] = {}
     for rate in args.rates:
         name = f"deci {rate:g}"
@@ -156,8 +159,9 @@ def main() -> None:
         model = load_compressed(ArtifactPaths(rate_cfg).checkpoint())
         f32 = args.out / f"deci-{rate:g}-f32.gguf"
         write_gguf(engine_model(model), f32, "f32", exported / "hf", source_gguf=gguf_source(cfg.model))
-        greedy[name] = greedy_matches(model, tokenizer, f32, args.new_tokens)
-        hf_ppl[name] = hf_perplexity(model)
+        if not args.speed_only:
+            greedy[name] = greedy_matches(model, tokenizer, f32, args.new_tokens)
+            hf_ppl[name] = hf_perplexity(model)
 
     print(f"\nllama.cpp (llama-cpp-python), 2 threads; perplexity on {windows.shape[0]} windows x {seq_len}")
     print("| model | GGUF | MiB | prompt tok/s | gen tok/s | ppl llama.cpp | ppl transformers (fp32) |")
@@ -166,10 +170,10 @@ def main() -> None:
     for name, by_type in files.items():
         for kind, path in by_type.items():
             p, g = speeds(path, args.prompt_tokens, args.new_tokens)
-            ppl = llama_perplexity(path, windows)
+            ppl = math.nan if args.speed_only else llama_perplexity(path, windows)
             rows.append((name, kind, path.stat().st_size / 2**20, p, g, ppl))
-            print(f"| {name} | {kind} | {rows[-1][2]:.1f} | {p:.0f} | {g:.1f} | {ppl:.2f} | {hf_ppl[name]:.2f} |",
-                  flush=True)
+            print(f"| {name} | {kind} | {rows[-1][2]:.1f} | {p:.0f} | {g:.1f} | {ppl:.2f} | "
+                  f"{hf_ppl.get(name, math.nan):.2f} |", flush=True)
     print("\ngreedy tokens, llama.cpp F32 (F32 KV cache) vs the HF compressed model, "
           f"{args.new_tokens} new tokens per prompt:")
     for name, matches in greedy.items():
