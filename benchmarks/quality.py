@@ -193,6 +193,9 @@ def main() -> None:
     parser.add_argument("--epsilon-rate", type=float, default=0.3)
     parser.add_argument("--max-windows", type=int, default=32, help="first N windows; 0: the whole test split")
     parser.add_argument("--seq-len", type=int, default=2048)
+    parser.add_argument("--probe-sequences", type=int, default=None,
+                        help="an experiment: probe this many calibration sequences instead of the code's "
+                             "PROBE_SEQUENCES (keyed apart, so the default's probe is not reused)")
     parser.add_argument("--zero-shot", action="store_true", help="also lm-eval zero-shot accuracy (offline tasks)")
     parser.add_argument("--zero-shot-rates", type=float, nargs="+", default=[],
                         help="with --zero-shot: only these rates (and dense); default: every rate")
@@ -202,6 +205,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. calibration=paper")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.probe_sequences is not None:
+        from pipeline import solve_identity
+
+        solve_identity.PROBE_SEQUENCES = args.probe_sequences
     base = list(args.overrides)
     cfg = compose_cfg(base)
     for stage in (prepare, tokenize, capture):

@@ -19,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from pipeline import solve_identity
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import (
     CANDIDATES_DIR,
@@ -240,7 +241,7 @@ def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, ad
     factors = (_mlp_noise_factors(cfg, k, store, adapter, method, settings, device)
                if k.curve_scale == "kl-error" else None)
     sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
-                                             mlp_noise_factor=factors)
+                                             sequences=solve_identity.PROBE_SEQUENCES, mlp_noise_factor=factors)
     with atomic_path(path) as tmp:
         save_file({"sensitivity": sensitivity.contiguous()}, str(tmp), metadata={"key": made_for})
     return sensitivity
