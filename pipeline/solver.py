@@ -151,6 +151,37 @@ def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
     )
 
 
+def plan_layers(sparsities: Tensor, shape: BlockShape, round_to: int, target: float) -> list[LayerPlan]:
+    """Every layer's plan from its sparsity (``plan_layer``), with MLP widths on a grid of ``round_to`` > 1 chosen
+    so the blocks still lose ``target`` of their weights: rounding each layer to its nearest multiple alone can
+    miss the budget by up to half a step per layer (one step of 256 is 17% of SmolLM2's MLP), which would compare
+    allocations at unequal sizes. Widths start at the multiple below each layer's ideal width and the layers with
+    the largest remainders get a step back while the budget allows (met from above)."""
+    plans = [plan_layer(float(p), shape, round_to) for p in sparsities]
+    if round_to <= 1 or "mlp" not in shape.compressible:
+        return plans
+    full = shape.intermediate_size
+    ideal = [(1.0 - module_sparsity(float(p), shape)) * full for p in sparsities]
+    floor = [full if w >= full else max(round_to, round_to * math.floor(w / round_to)) for w in ideal]
+    plans = [dataclasses.replace(p, mlp_width=w) for p, w in zip(plans, floor, strict=True)]
+
+    def kept(plan: LayerPlan) -> int:
+        return shape.linear_params(plan.mlp_width, plan.qk_dim, plan.v_dim, {})
+
+    allowed = (1.0 - target) * shape.dense_linear_params({}) * len(plans)
+    total = sum(kept(p) for p in plans)
+    for index in sorted(range(len(plans)), key=lambda i: floor[i] - ideal[i]):
+        plan = plans[index]
+        if plan.mlp_width >= full:
+            continue
+        wider = dataclasses.replace(plan, mlp_width=min(full, plan.mlp_width + round_to))
+        if total - kept(plan) + kept(wider) <= allowed:
+            total += kept(wider) - kept(plan)
+            plans[index] = wider
+    dense = shape.dense_linear_params({})
+    return [dataclasses.replace(p, sparsity=1.0 - kept(p) / dense) for p in plans]
+
+
 def mlp_quadratic_error(corr: Tensor, w_down: Tensor, corr_down: Tensor, index: Tensor, new_down: Tensor) -> Tensor:
     """Tr(Eᵀ C E) for E = W_D − P_J W_D' (P_J scatters rows into J), from C W_D and C_{:,J} W_D' only:
     C E = C W_D − C_{:,J} W_D', so no D x D x d product beyond the one the caller already has."""

@@ -321,9 +321,13 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
             shutil.copyfile(path, tmp)
     shutil.rmtree(scratch)
     seconds = time.perf_counter() - start
-    table = "\n".join(f"  {name:<10} {value:.5f}{'  <- chosen' if name == chosen else ''}"
+    shape = adapter.block_shape()
+    removed = {name: 1.0 - sum(shape.linear_params(p.mlp_width, p.qk_dim, p.v_dim, {}) for p in plans)
+               / (shape.dense_linear_params({}) * len(plans)) for name, plans in candidates.items()}
+    table = "\n".join(f"  {name:<10} KL {value:.5f}  block params removed {removed[name]:.4f}"
+                      f"{'  <- chosen' if name == chosen else ''}"
                       for name, value in sorted(kl.items(), key=lambda item: item[1]))
     log.info("held-out validation (%d sequences x %d tokens, %.1f s): mean KL to the dense model per token\n%s",
              *heldout.shape, seconds, table)
     return chosen, {"sequences": int(heldout.shape[0]), "positions": int(heldout.shape[1]),
-                    "kl_to_dense": kl, "seconds": round(seconds, 3)}
+                    "kl_to_dense": kl, "block_params_removed": removed, "seconds": round(seconds, 3)}

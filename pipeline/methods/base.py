@@ -13,7 +13,7 @@ from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.engine_shapes import constrained_block, constrained_curves, width_multiple
 from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings, cut_fraction, layer_sparsities, plan_from_curves, plan_layer
+from pipeline.solver import SolverSettings, cut_fraction, layer_sparsities, plan_from_curves, plan_layer, plan_layers
 
 
 class Method(ABC):
@@ -52,7 +52,7 @@ class Method(ABC):
         # max_sparsity caps the cut modules' sparsity: a layer loses at most that share of what it may cut
         cap = k.max_sparsity * cut_fraction(block)
         phi = layer_sparsities(block_influence, target_rate, k.allocation, k.temperature, cap)
-        return [plan_layer(float(p), block, multiple) for p in phi]
+        return plan_layers(phi, block, multiple, target_rate)
 
     def module_curves(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
                       settings: SolverSettings, max_sparsity: float, device: torch.device) -> dict[str, ModuleCurve]:

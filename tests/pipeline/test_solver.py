@@ -7,7 +7,14 @@ import torch
 
 from pipeline.adapters import adapter_for, families
 from pipeline.modegpt import F64, nystrom_mlp
-from pipeline.solver import DenseLayer, SolverSettings, module_weight_params, plan_layer, solve_modegpt_layer
+from pipeline.solver import (
+    DenseLayer,
+    SolverSettings,
+    module_weight_params,
+    plan_layer,
+    plan_layers,
+    solve_modegpt_layer,
+)
 from pipeline.tiny import random_model, tiny_config
 
 
@@ -58,3 +65,19 @@ def test_the_layer_budget_holds_when_a_family_keeps_some_modules_whole(family: s
     # Widths are whole numbers: the achieved fraction is within one column of each module of the target.
     slack = (shape.linear_params(1, 0, 0, {}) + shape.linear_params(0, 2, 1, {})) / dense
     assert abs((dense - kept) / dense - sparsity) <= slack
+
+
+@pytest.mark.parametrize("target", [0.1, 0.25, 0.4])
+def test_grid_widths_meet_the_budget_from_above_within_one_step(target) -> None:
+    from pipeline.engine_shapes import constrained_block
+
+    model = random_model(tiny_config("llama", intermediate_size=1536, hidden_size=64, num_attention_heads=4,
+                                     num_key_value_heads=2))
+    shape = constrained_block(adapter_for(model, "llama").block_shape(), "deci")
+    sparsities = torch.linspace(0.5 * target, 1.5 * target, 30, dtype=torch.float64)
+    plans = plan_layers(sparsities, shape, 256, target)
+    dense = shape.dense_linear_params({}) * len(plans)
+    kept = sum(shape.linear_params(p.mlp_width, p.qk_dim, p.v_dim, {}) for p in plans)
+    step = shape.linear_params(256, 0, 0, {})
+    assert all(p.mlp_width % 256 == 0 for p in plans)
+    assert dense - kept >= target * dense and dense - kept - step < target * dense

@@ -28,7 +28,7 @@ def test_deci_keeps_attention_whole_and_widths_on_the_grid(tmp_path, tiny_model_
     assert all(lay["qk_dim"] == dense["qk_dim"] and lay["v_dim"] == dense["v_dim"] for lay in plan["layers"])
     assert all(w % 16 == 0 and 16 <= w <= dense["mlp_width"] for w in widths), widths
     achieved = read_manifest(target).extra["achieved_block_rate"]
-    assert 0.3 - 0.05 <= achieved <= 0.3 + 0.05, achieved
+    assert 0.3 - 1e-9 <= achieved <= 0.3 + 0.05, achieved  # the grid's rounding does not undercut the budget
     model = load_compressed(assemble.run(cfg))
     em = engine_model(model, "deci")
     assert em.mlp_widths == widths
