@@ -14,6 +14,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 CURVES_VERSION = 1  # bump when the module error curves change what they compute
+# bump when the per-layer widths a plan gives change (2: rule allocations on a width grid meet the budget)
+PLAN_VERSION = 2
 # 4: the probe's tr F by one backward pass with labels sampled from the model (pipeline.capture.sampled_fisher),
 # in place of a noisy forward pass per module; labels drawn per calibration sequence, so batching changes nothing
 PROBE_VERSION = 4
@@ -92,5 +94,5 @@ def plan_key(compression: Any) -> dict[str, Any] | None:
 def solve_key(compression: Any, rate: float | None = None) -> dict[str, Any]:
     """A solve's identity besides its store: every compression field, the rate (when given), and the code
     versions and settings of the curves and probe behind its plan."""
-    key = compression_fields(compression) | {"curves": plan_key(compression)}
+    key = compression_fields(compression) | {"curves": plan_key(compression), "plan": PLAN_VERSION}
     return key if rate is None else key | {"rate": float(rate)}

@@ -54,7 +54,8 @@ def test_the_sweep_list_names_no_other_solve(tmp_path, tiny_model_dirs) -> None:
     assert _solve_identity(tmp_path, tiny_model_dirs["llama"], "calibration.batch_size=1") == base
 
 
-@pytest.mark.parametrize("version", ["PROBE_VERSION", "CURVES_VERSION", "PROBE_POSITIONS", "PROBE_SEED"])
+@pytest.mark.parametrize("version", ["PROBE_VERSION", "CURVES_VERSION", "PROBE_POSITIONS", "PROBE_SEED",
+                                     "PLAN_VERSION"])
 def test_a_probe_or_curves_change_names_another_solve(tmp_path, tiny_model_dirs, monkeypatch, version) -> None:
     probed = ("compression.allocation=error", "compression.curve_scale=kl")
     base = _solve_identity(tmp_path, tiny_model_dirs["llama"], *probed)
