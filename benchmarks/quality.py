@@ -53,7 +53,8 @@ from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
 PAPER = ["compression=paper"]  # the paper's MoDeGPT exactly (conf/compression/paper.yaml)
-RESIDUAL = ["compression.curve_scale=residual"]  # the module budget without the KL probe (the default before 2026-12)
+# the module budget without the KL probe (the default before 2026-12)
+RESIDUAL = ["compression.allocation=error", "compression.curve_scale=residual"]
 METHODS = {  # name -> overrides on top of the run's config
     "modegpt": [],  # this project's default solver (conf/compression/default.yaml: shape=deci)
     "free": ["compression.shape=free"],  # ... with every module cut to any width (the default before 2026-12-05)
@@ -76,9 +77,11 @@ METHODS = {  # name -> overrides on top of the run's config
     "greedy": ["compression.mlp_selection=greedy"],  # the default with residual-minimising Type-I selection
     "energy": ["compression.mlp_selection=energy"],  # ... with the columns of most output energy C_jj·‖W_D,j‖²
     "residual-scale+energy": [*RESIDUAL, "compression.mlp_selection=energy"],
-    "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
+    # the module budget in units of a KL probe (the default 2026-12-02..05, now a candidate of the validated plan)
+    "kl-scale": ["compression.allocation=error", "compression.curve_scale=kl"],
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
-    "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
+    "kl-scale+sequential": ["compression.allocation=error", "compression.curve_scale=kl",
+                            "compression.sequential=true"],
     # ... with the probe's MLP-output noise shaped like the Type-I error (d·tr(FΣ)/tr Σ in place of tr F)
     "kl-error-scale": ["compression.curve_scale=kl-error"],
     "kl-error-scale+sequential": ["compression.curve_scale=kl-error", "compression.sequential=true"],
