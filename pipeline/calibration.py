@@ -146,3 +146,9 @@ def tokenize_documents(tokenizer: Any, documents: list[str]) -> torch.Tensor:
     text = "\n\n".join(d for d in documents if d.strip())
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
+
+
+def calibration_stream(tokenizer: Any, source: str, path: str | None) -> tuple[list[str], torch.Tensor]:
+    """The calibration source's documents and their whole token stream, which the windows are sampled from."""
+    documents = calibration_documents(source, path)
+    return documents, tokenize_documents(tokenizer, documents)

@@ -112,7 +112,7 @@ def heldout_tokens(cfg: Any, count: int) -> torch.Tensor:
     """[count, L] held-out windows of the calibration source (allocation=validated): the calibration permutation's
     next ones, so no captured token is among them. Sampled once, by the first solve that asks, beside the tokens
     (``ArtifactPaths.heldout_tokens``); a file made by another sampling rule or count is sampled again."""
-    from pipeline.calibration import calibration_documents, sample_windows, tokenize_documents
+    from pipeline.calibration import calibration_stream, sample_windows
     from pipeline.dense import load_tokenizer
     from pipeline.solve_identity import VALIDATION_VERSION
 
@@ -128,7 +128,7 @@ def heldout_tokens(cfg: Any, count: int) -> torch.Tensor:
                 if tuple(ids.shape) == (count, c.seq_len):
                     return ids
     tokenizer = load_tokenizer(cfg, paths.dense_model)
-    stream = tokenize_documents(tokenizer, calibration_documents(c.source, c.path))
+    _, stream = calibration_stream(tokenizer, c.source, c.path)
     ids = sample_windows(stream, c.num_samples, c.seq_len, c.seed, heldout=count)
     with atomic_path(path) as tmp:
         save_file({"input_ids": ids}, str(tmp), metadata={"key": key})

@@ -151,6 +151,16 @@ def plan_layer(sparsity: float, shape: BlockShape, round_to: int) -> LayerPlan:
     )
 
 
+def kept_linear_params(plan: LayerPlan, shape: BlockShape) -> int:
+    """Linear weights one layer keeps under ``plan`` (biases aside)."""
+    return shape.linear_params(plan.mlp_width, plan.qk_dim, plan.v_dim, {})
+
+
+def removed_share(plans: list[LayerPlan], shape: BlockShape) -> float:
+    """The fraction of the blocks' linear weights that ``plans`` remove."""
+    return 1.0 - sum(kept_linear_params(p, shape) for p in plans) / (shape.dense_linear_params({}) * len(plans))
+
+
 def plan_layers(sparsities: Tensor, shape: BlockShape, round_to: int, target: float) -> list[LayerPlan]:
     """Every layer's plan from its sparsity (``plan_layer``), with MLP widths on a grid of ``round_to`` > 1 chosen
     so the blocks still lose ``target`` of their weights: rounding each layer to its nearest multiple alone can
@@ -166,9 +176,10 @@ def plan_layers(sparsities: Tensor, shape: BlockShape, round_to: int, target: fl
     plans = [dataclasses.replace(p, mlp_width=w) for p, w in zip(plans, floor, strict=True)]
 
     def kept(plan: LayerPlan) -> int:
-        return shape.linear_params(plan.mlp_width, plan.qk_dim, plan.v_dim, {})
+        return kept_linear_params(plan, shape)
 
-    allowed = (1.0 - target) * shape.dense_linear_params({}) * len(plans)
+    dense = shape.dense_linear_params({})
+    allowed = (1.0 - target) * dense * len(plans)
     total = sum(kept(p) for p in plans)
     for index in sorted(range(len(plans)), key=lambda i: floor[i] - ideal[i]):
         plan = plans[index]
@@ -178,7 +189,6 @@ def plan_layers(sparsities: Tensor, shape: BlockShape, round_to: int, target: fl
         if total - kept(plan) + kept(wider) <= allowed:
             total += kept(wider) - kept(plan)
             plans[index] = wider
-    dense = shape.dense_linear_params({})
     return [dataclasses.replace(p, sparsity=1.0 - kept(p) / dense) for p in plans]
 
 

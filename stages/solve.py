@@ -51,7 +51,7 @@ from pipeline.plan import LayerPlan, curves_from_tensors, curves_to_tensors
 from pipeline.progress import progress
 from pipeline.readers import block_influence_of, heldout_tokens, layer_errors, load_tokens, open_store, stored_numel
 from pipeline.solve_identity import PROBED_SCALES, candidate, curves_key, probe_key
-from pipeline.solver import SolverSettings
+from pipeline.solver import SolverSettings, removed_share
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,8 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
                              k.fisher_mix)
                 solved[plan] = layer_file(scratch / name, index)
             files[name][index] = solved[plan]
-        return {name: load_file(str(files[name][index])) for name in candidates}
+        loaded = {path: load_file(str(path)) for path in solved.values()}
+        return {name: loaded[files[name][index]] for name in candidates}
 
     def apply(layer: Any, tensors: dict[str, torch.Tensor]) -> None:
         method.apply_in_place(layer, adapter, tensors)
@@ -321,9 +322,7 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
             shutil.copyfile(path, tmp)
     shutil.rmtree(scratch)
     seconds = time.perf_counter() - start
-    shape = adapter.block_shape()
-    removed = {name: 1.0 - sum(shape.linear_params(p.mlp_width, p.qk_dim, p.v_dim, {}) for p in plans)
-               / (shape.dense_linear_params({}) * len(plans)) for name, plans in candidates.items()}
+    removed = {name: removed_share(plans, adapter.block_shape()) for name, plans in candidates.items()}
     table = "\n".join(f"  {name:<10} KL {value:.5f}  block params removed {removed[name]:.4f}"
                       f"{'  <- chosen' if name == chosen else ''}"
                       for name, value in sorted(kl.items(), key=lambda item: item[1]))

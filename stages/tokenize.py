@@ -17,7 +17,7 @@ from pipeline.artifacts import (
     prepare_output,
     write_manifest,
 )
-from pipeline.calibration import calibration_documents, check_calibration_path, sample_windows, tokenize_documents
+from pipeline.calibration import calibration_stream, check_calibration_path, sample_windows
 from pipeline.dense import load_tokenizer
 from pipeline.inputs import check_model_source
 
@@ -36,8 +36,7 @@ def run(cfg: Any) -> Path:
         return target
     c = cfg.calibration
     tokenizer = load_tokenizer(cfg, paths.dense_model)
-    documents = calibration_documents(c.source, c.path)
-    stream = tokenize_documents(tokenizer, documents)
+    documents, stream = calibration_stream(tokenizer, c.source, c.path)
     windows = sample_windows(stream, c.num_samples, c.seq_len, c.seed)
     log.info("calibration: %d documents, %d tokens -> %d x %d tokens (seed %d)",
              len(documents), stream.numel(), c.num_samples, c.seq_len, c.seed)

@@ -9,7 +9,6 @@ time, as mean KL(p_dense ‖ p_candidate) per token. The dense stream is compute
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,6 @@ import torch
 from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.capture.output_head import OutputHead
 from pipeline.progress import progress
-
-log = logging.getLogger(__name__)
 
 # layer index -> {candidate name: what ``apply`` writes into that layer's block}
 LayerVariants = Callable[[int], dict[str, Any]]
