@@ -13,7 +13,7 @@ Methods: `modegpt` (this project's default solver), `paper` (the paper's MoDeGPT
 (the paper's, the same sparsity in every layer), `weight_svd` (truncated SVD of each weight, rank for the same
 parameter count), `layer_removal` (ShortGPT: whole blocks of lowest Block Influence) and `whitened_svd` (SVD-LLM:
 SVD in each linear's whitened input space). The `paper+...` rows change one part of the paper's recipe each
-(`--methods paper paper+greedy paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
+(`--methods paper paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
 <root>/benchmarks/perplexity-cache, so adding rows reruns only the new ones. Zero-shot answers
 are cached per solve (lm-eval's request cache under <root>/cache/eval-requests), so an interrupted run resumes and
 a rerun costs only what is new.
@@ -60,12 +60,8 @@ METHODS = {  # name -> overrides on top of the run's config
     "paper": PAPER,
     "uniform": [*PAPER, "compression.allocation=uniform"],
     # ablations (issue 15): one part of the paper's recipe changed at a time
-    "paper+greedy": [*PAPER, "compression.mlp_selection=greedy"],
     "paper+shrink": [*PAPER, "compression.mlp_refit=shrink"],
     "paper+budget": [*PAPER, "compression.allocation=error"],
-    "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
-    "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
-                                   "compression.mlp_refit=shrink"],
     # the variants below were measured against the earlier default (curve_scale=residual) and keep it
     "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
@@ -73,9 +69,6 @@ METHODS = {  # name -> overrides on top of the run's config
     # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
     "fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0"],
     "fisher0.5": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=0.5"],
-    "greedy": ["compression.mlp_selection=greedy"],  # the default with residual-minimising Type-I selection
-    "energy": ["compression.mlp_selection=energy"],  # ... with the columns of most output energy C_jj·‖W_D,j‖²
-    "residual-scale+energy": [*RESIDUAL, "compression.mlp_selection=energy"],
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],

@@ -68,8 +68,6 @@ class CompressionConfig:
     shape: str = "deci"
     # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
     round_to: int | None = None
-    # Type-I columns: leverage (the paper) | greedy (residual elimination) | energy (C_jj·‖W_D,j‖², no cross terms)
-    mlp_selection: str = "leverage"
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
@@ -144,6 +142,36 @@ ALLOCATIONS = ("bi", "uniform", "error", "validated")
 SEQUENTIAL_TARGETS = ("layer", "dense")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
+# Options retired by the project's rule (keep the paper's algorithm, every part of the default, and an option only if
+# it is the best by more than 2% perplexity at some measured rate among those kept: docs/solver.md "Retired options",
+# the measurements in docs/results.md). "key": gone from the schema; "key=value": a value refused (of a kept key, or of
+# a retired one for a message of its own). Each: why, and what to do instead.
+RETIRED: dict[str, tuple[str, str]] = {
+    "compression.mlp_selection=greedy": ("it lost to leverage", "remove it (leverage is the only Type-I selection)"),
+    "compression.mlp_selection=energy": ("it lost to leverage", "remove it (leverage is the only Type-I selection)"),
+    "compression.mlp_selection": ("greedy and energy lost to leverage, the paper's and the only Type-I selection left",
+                                  "remove it"),
+}
+
+
+def retired(override: str) -> str | None:
+    """The one-line refusal of a Hydra override (``key=value``, ``+key=value``, a sweep ``key=a,b``) that names a
+    retired key or value, else None."""
+    key, _, value = override.lstrip("+~").partition("=")
+    for name in (*(f"{key}={v.strip()}" for v in value.split(",")), key):
+        if name in RETIRED:
+            why, instead = RETIRED[name]
+            return f"{name} was retired ({why}: docs/results.md): {instead}"
+    return None
+
+
+def refuse_retired(overrides: list[str]) -> None:
+    """Raise a one-line ConfigError for the first override that names a retired key or value (before Hydra composes:
+    a key gone from the schema would fail there in several lines)."""
+    for override in overrides:
+        if (message := retired(override)) is not None:
+            raise ConfigError(message)
+
 
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
@@ -166,8 +194,21 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, value, "one of " + ", ".join(choices))
 
 
+def _refuse_retired_values(cfg: DictConfig | Config) -> None:
+    """A retired value of a kept key (``RETIRED``'s ``key=value`` entries), from a config composed without the CLI's
+    check of the overrides (a YAML of the user's, ``params.yaml``)."""
+    for name in RETIRED:
+        key, _, value = name.partition("=")
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if value and isinstance(node, str) and node == value:
+            raise ConfigError(retired(name) or name)
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
+    _refuse_retired_values(cfg)
     # The modules that own each list decide the choices (imported here: some pull in torch, which composing a
     # config needs not).
     from pipeline.adapters import families
@@ -200,9 +241,8 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
            "to the model in memory: a method that can write a solved layer into its block)")
-    from pipeline.modegpt import REFITS, SELECTIONS
+    from pipeline.modegpt import REFITS
 
-    _check_choice("compression.mlp_selection", k.mlp_selection, SELECTIONS)
     _check_choice("compression.mlp_refit", k.mlp_refit, REFITS)
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
@@ -283,9 +323,11 @@ def validate(cfg: DictConfig | Config) -> None:
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The job config for ``overrides``, composed from the packaged ``conf/`` as the CLI does (not validated)."""
+    """The job config for ``overrides``, composed from the packaged ``conf/`` as the CLI does (not validated; a retired
+    key or value is refused: ``refuse_retired``)."""
     from hydra import compose, initialize_config_module
 
+    refuse_retired(list(overrides or []))
     register_configs()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []))

@@ -31,6 +31,9 @@ SWEEP_FIELDS = ("rate", "rates")
 # Compression fields only allocation=validated reads: part of a solve's key, not of the curves and probe it reads
 VALIDATION_FIELDS = ("candidates", "validation_sequences")
 RULES = ("bi", "uniform")  # candidates of allocation=validated that are allocations of their own (no curves)
+# Compression fields retired with one value left (pipeline.config.RETIRED), at that value: the keys keep them, so
+# what was solved before they went keeps its name and manifest (the code left computes what that value did)
+RETIRED_FIELDS: dict[str, Any] = {"mlp_selection": "leverage"}
 
 
 def _plain(value: Any) -> Any:
@@ -38,11 +41,12 @@ def _plain(value: Any) -> Any:
 
 
 def compression_fields(compression: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every field of the compression schema but the sweep's (and ``skip``), as plain values."""
+    """Every field of the compression schema but the sweep's (and ``skip``), as plain values, and the retired ones
+    at the value that stayed (``RETIRED_FIELDS``)."""
     from pipeline.config import CompressionConfig
 
-    return {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
-            if f.name not in SWEEP_FIELDS + skip}
+    return RETIRED_FIELDS | {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
+                             if f.name not in SWEEP_FIELDS + skip}
 
 
 def candidate(compression: Any, name: str) -> Any:

@@ -28,8 +28,8 @@ from pipeline.modegpt import (
     cr_select,
     fold_value_bias,
     head_output_energy,
-    keep_order,
     kept_dim,
+    leverage_keep_order,
     mlp_error_covariance,
     nested_mlp_residuals,
     nystrom_mlp,
@@ -61,7 +61,6 @@ class SolverSettings:
     nystrom_ridge: float = 1e-6
     eig_floor: float = 1e-8
     round_to: int = 1
-    mlp_selection: str = "leverage"  # leverage (the paper) | greedy (backward elimination on the residual)
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
     # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²) | kl | kl-error (a KL probe's tr F, or
     # its d · tr(F Σ)/tr Σ with Σ the Type-I error covariance: ``stats["sensitivity"]``)
@@ -228,7 +227,7 @@ def solve_modegpt_layer(
     # Sequential calibration toward the dense model (compression.sequential_target=dense): E[h h_denseᵀ] W_D.
     target_down = stats["mlp_cross"] / tokens @ dense.down if "mlp_cross" in stats else None
     mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge,
-                      corr_w=corr_down, selection=settings.mlp_selection, refit=settings.mlp_refit, tokens=tokens,
+                      corr_w=corr_down, refit=settings.mlp_refit, tokens=tokens,
                       target_w=target_down)
     mlp_energy = (dense.down * corr_down).sum()
     mlp_error = mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
@@ -260,20 +259,13 @@ def _min_keep(full: int, max_sparsity: float) -> int:
     return max(1, math.ceil((1.0 - max_sparsity) * full))
 
 
-def _mlp_keep_order(mlp_corr: Tensor, dense: DenseLayer, corr_down: Tensor, settings: SolverSettings,
-                    max_sparsity: float) -> Tensor:
-    """The MLP columns in the keep order of the error curves (valid down to max_sparsity)."""
-    return keep_order(mlp_corr, dense.down, settings.mlp_selection, _min_keep(mlp_corr.shape[0], max_sparsity),
-                      settings.ridge_lambda, settings.nystrom_ridge, corr_w=corr_down)
-
-
 def mlp_error_reference(stats: dict[str, Tensor], dense: DenseLayer, settings: SolverSettings,
                         max_sparsity: float) -> Tensor:
     """[d, d], trace 1 (FP64): the shape of the layer's Type-I output-error covariance, with the error curves'
     keep order, averaged over ``ERROR_PROBE_FRACTIONS`` of the MLP width (``curve_scale=kl-error``'s probe noise)."""
     mlp_corr = stats["mlp_gram"] / float(stats["tokens"])
     corr_down = mlp_corr @ dense.down
-    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
+    order = leverage_keep_order(mlp_corr, settings.ridge_lambda)
     return mlp_error_covariance(mlp_corr, dense.down, order, ERROR_PROBE_FRACTIONS, settings.nystrom_ridge,
                                 corr_w=corr_down)
 
@@ -302,7 +294,7 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
 
     full_mlp = shape.intermediate_size
     corr_down = mlp_corr @ dense.down
-    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
+    order = leverage_keep_order(mlp_corr, settings.ridge_lambda)
     mlp_err = nested_mlp_residuals(mlp_corr, dense.down, order, settings.nystrom_ridge, corr_w=corr_down)
     widths = torch.arange(full_mlp + 1, device=mlp_err.device)
     mlp_err = torch.where(widths % settings.round_to == 0, mlp_err, torch.full_like(mlp_err, math.inf))

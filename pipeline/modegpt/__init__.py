@@ -16,17 +16,14 @@ from pipeline.modegpt.baselines import (
 from pipeline.modegpt.budget import ModuleCurve, allocate_widths
 from pipeline.modegpt.mlp import (
     REFITS,
-    SELECTIONS,
     MlpSolution,
-    energy_keep_order,
-    keep_order,
+    leverage_keep_order,
     mlp_residual,
     nystrom_mlp,
     nystrom_update,
     ridge_leverage_scores,
 )
 from pipeline.modegpt.profile import (
-    greedy_keep_order,
     head_output_energy,
     mlp_error_covariance,
     mlp_error_covariances,
@@ -40,14 +37,11 @@ from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd
 __all__ = [
     "F64",
     "REFITS",
-    "SELECTIONS",
     "MlpSolution",
     "ModuleCurve",
     "allocate_widths",
-    "energy_keep_order",
-    "greedy_keep_order",
     "head_output_energy",
-    "keep_order",
+    "leverage_keep_order",
     "mlp_error_covariance",
     "mlp_error_covariances",
     "nested_mlp_residuals",

@@ -1,4 +1,4 @@
-"""Output-aware column order for Type-I and each module's error as a function of its kept width.
+"""Each module's error as a function of its kept width.
 
 The module-budget allocation (``pipeline.modegpt.budget``) trades widths between modules and layers from these
 curves, so they are in the modules' own output units (mean squared error per token), never relative errors:
@@ -25,72 +25,6 @@ def _ridged(corr: Tensor, nystrom_ridge: float) -> tuple[Tensor, float]:
     scale = float(torch.diagonal(c).mean().clamp_min(torch.finfo(F64).tiny))
     ridge = max(nystrom_ridge, 1e-12) * scale
     return c + ridge * torch.eye(c.shape[0], dtype=F64, device=c.device), ridge
-
-
-def _inverse_pd(a: Tensor) -> Tensor:
-    """a⁻¹ for symmetric positive definite a; a ridge grown tenfold until it factorises (rank-deficient a)."""
-    scale = float(torch.diagonal(a).abs().mean().clamp_min(torch.finfo(F64).tiny))
-    eye = torch.eye(a.shape[0], dtype=F64, device=a.device)
-    shift = 0.0
-    for _ in range(8):
-        chol, info = torch.linalg.cholesky_ex(a + shift * eye)
-        if int(info) == 0:
-            return torch.cholesky_inverse(chol)
-        shift = scale * 1e-10 if shift == 0.0 else shift * 10.0
-    raise ValueError("correlation is not positive definite even with a ridge of 1e-3 x its scale")
-
-
-def elimination_block(full: int) -> int:
-    """Columns removed per elimination step: depends on D only, so every target width lies on one path."""
-    return max(1, full // 256)
-
-
-def greedy_keep_order(corr: Tensor, w_down: Tensor, min_keep: int = 1, nystrom_ridge: float = 1e-6,
-                      corr_w: Tensor | None = None) -> Tensor:
-    """Intermediate columns in keep-priority order (the first k are the kept set of width k, for k ≥ min_keep).
-
-    Backward elimination on the quantity Type-I minimises: with P = (C + ρI)⁻¹ over the surviving set and
-    B = P C W_D the refit's coefficients, dropping column j raises the residual by ‖B_j‖² / P_jj (the
-    multi-output form of "RSS rises by β_j² / (XᵀX)⁻¹_jj"). Each step drops the ``elimination_block`` cheapest
-    columns and downdates P and B exactly (a Schur complement on the dropped block), so the path costs about
-    D³ flops in D/block steps instead of a D³ solve per candidate. Leverage scores look at C alone; this sees
-    which columns the down projection actually reads.
-    """
-    check_square("corr", corr)
-    full = corr.shape[0]
-    if w_down.dim() != 2 or w_down.shape[0] != full:
-        raise ValueError(f"w_down must be [D, d] with D={full}, got shape {tuple(w_down.shape)}")
-    if not 1 <= min_keep <= full:
-        raise ValueError(f"min_keep must lie in [1, {full}], got {min_keep}")
-    ridged, _ = _ridged(corr, nystrom_ridge)
-    prec = _inverse_pd(ridged)
-    del ridged
-    rhs = as_f64(corr) @ as_f64(w_down) if corr_w is None else as_f64(corr_w)
-    coef = prec @ rhs
-    # P and B keep their full size: a dropped column's row and column become zero under the downdate, and a
-    # mask keeps it out of the ranking, so each step is one in-place rank-m update (no D² gathers).
-    alive = torch.ones(full, dtype=torch.bool, device=corr.device)
-    dropped: list[Tensor] = []
-    block, remaining = elimination_block(full), full
-    while remaining > min_keep:
-        m = min(block, remaining - min_keep)
-        gone = torch.argsort(_drop_cost(prec, coef, alive), stable=True)[:m]
-        rows = prec[gone]  # P_{S,:} (= P_{:,S}ᵀ: P is symmetric)
-        solved = torch.linalg.solve(rows[:, gone], torch.cat([rows, coef[gone]], dim=1))
-        prec.addmm_(rows.T, solved[:, :full], alpha=-1.0)
-        coef.addmm_(rows.T, solved[:, full:], alpha=-1.0)
-        alive[gone] = False
-        dropped.append(gone)
-        remaining -= m
-    cost = _drop_cost(prec, coef, alive)
-    survivors = torch.argsort(torch.where(alive, cost, -torch.inf), descending=True, stable=True)[:remaining]
-    return torch.cat([survivors, *reversed(dropped)]) if dropped else survivors
-
-
-def _drop_cost(prec: Tensor, coef: Tensor, alive: Tensor) -> Tensor:
-    """‖B_j‖² / P_jj for surviving columns, +inf for dropped ones."""
-    cost = coef.square().sum(1) / torch.diagonal(prec).clamp_min(torch.finfo(F64).tiny)
-    return torch.where(alive, cost, torch.full_like(cost, torch.inf))
 
 
 def _explained_rows(corr: Tensor, w_down: Tensor, order: Tensor, nystrom_ridge: float,

@@ -20,7 +20,7 @@ def test_paper_preset_is_the_papers_algorithm() -> None:
     cfg = compose_config(["compression=paper"])
     validate(cfg)
     k = cfg.compression
-    assert (k.allocation, k.mlp_selection, k.mlp_refit, k.temperature) == ("bi", "leverage", "paper", 0.1)
+    assert (k.allocation, k.mlp_refit, k.temperature) == ("bi", "paper", 0.1)
 
 
 @pytest.mark.parametrize("model", ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "opt-125m",
@@ -98,3 +98,33 @@ def test_cli_rejects_unknown_stage() -> None:
 def test_eval_settings_that_cannot_work_are_refused_up_front(overrides: list[str], key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         validate(compose_config(overrides))
+
+
+# A retired option (pipeline.config.RETIRED) is refused in one line that says what replaced it, before Hydra composes
+# (a key gone from the schema would otherwise fail there in several lines).
+RETIRED_LINES = {
+    "compression.mlp_selection=greedy": "compression.mlp_selection=greedy was retired (it lost to leverage: "
+                                        "docs/results.md): remove it (leverage is the only Type-I selection)",
+    "compression.mlp_selection=energy": "compression.mlp_selection=energy was retired (it lost to leverage: "
+                                        "docs/results.md): remove it (leverage is the only Type-I selection)",
+    "+compression.mlp_selection=leverage": "compression.mlp_selection was retired (greedy and energy lost to "
+                                           "leverage, the paper's and the only Type-I selection left: "
+                                           "docs/results.md): remove it",
+}
+
+
+@pytest.mark.parametrize("override", list(RETIRED_LINES))
+def test_retired_options_are_refused_in_one_line(override: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        compose_config([override])
+    assert str(info.value) == RETIRED_LINES[override]
+
+
+def test_every_retired_entry_is_refused_and_names_what_to_do() -> None:
+    from pipeline.config import RETIRED, retired
+
+    for name, (why, instead) in RETIRED.items():
+        line = retired(name)
+        assert line is not None and "\n" not in line and line.startswith(f"{name} was retired ({why}")
+        assert line.endswith(instead) and instead
+    assert retired("compression.curve_scale=kl") is None and retired("compression.rate=0.3") is None

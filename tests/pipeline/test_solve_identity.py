@@ -65,7 +65,7 @@ def test_a_probe_or_curves_change_names_another_solve(tmp_path, tiny_model_dirs,
 def test_the_probe_is_shared_by_solver_settings_but_not_by_probe_settings(monkeypatch) -> None:
     cfg = compose_config(["compression.allocation=error", "compression.curve_scale=kl"])
     other_solver = compose_config(["compression.allocation=error", "compression.curve_scale=kl",
-                                   "compression.mlp_selection=greedy"])
+                                   "compression.ridge_lambda=0.5"])
     assert solve_identity.probe_key(cfg.compression) == solve_identity.probe_key(other_solver.compression)
     assert solve_identity.curves_key(cfg.compression) != solve_identity.curves_key(other_solver.compression)
     assert solve_identity.probe_key(compose_config(["compression.curve_scale=residual"]).compression) is None
