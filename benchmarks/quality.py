@@ -66,19 +66,12 @@ METHODS = {  # name -> overrides on top of the run's config
     "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
     "sequential-dense": [*RESIDUAL, "compression.sequential=true", "compression.sequential_target=dense"],
-    # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
-    "fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0"],
-    "fisher0.5": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=0.5"],
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
     # ... with the probe's MLP-output noise shaped like the Type-I error (d·tr(FΣ)/tr Σ in place of tr F)
     "kl-error-scale": ["compression.curve_scale=kl-error"],
     "kl-error-scale+sequential": ["compression.curve_scale=kl-error", "compression.sequential=true"],
-    "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
-    "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
-    "sequential+fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0",
-                          "compression.sequential=true"],
     # engine shapes (pipeline.engine_shapes): attention whole, per-layer MLP widths on a grid (DeciLM / llama.cpp
     # deci; 256 also suits vLLM and K-quants), or one MLP width (the family's own class)
     "deci": ["compression.shape=deci"],
@@ -238,7 +231,7 @@ def main() -> None:
         if eps is not None:
             over.append(f"compression.temperature={eps}")
         job_cfg = compose_cfg(over)
-        capture.run(job_cfg)  # the run's store, or (calibration.fisher) its Fisher-weighted sibling
+        capture.run(job_cfg)  # the run's store, or a row's own (calibration.product_precision)
         solve_dir = solve.run(job_cfg)
         model, params = compressed_model(dense, adapter, job_cfg, solve_dir)
         rates = achieved_rates(dense_params, dense_block, params)

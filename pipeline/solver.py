@@ -52,7 +52,7 @@ MASSIVE_RATIO = 1e4
 
 # compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error (PROBED_SCALES)
 # are measured by the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
-CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
+CURVE_SCALES = ("residual", "kl", "kl-error")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class SolverSettings:
     eig_floor: float = 1e-8
     round_to: int = 1
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
-    # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²) | kl | kl-error (a KL probe's tr F, or
-    # its d · tr(F Σ)/tr Σ with Σ the Type-I error covariance: ``stats["sensitivity"]``)
+    # error curves in units of: residual (E 1/‖h‖²) | kl | kl-error (a KL probe's tr F, or its d · tr(F Σ)/tr Σ
+    # with Σ the Type-I error covariance: ``stats["sensitivity"]``)
     curve_scale: str = "residual"
 
     @classmethod
@@ -276,18 +276,16 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
 
     A module's error E‖e‖² (per token, the solver's own objective) is scaled by E[1/‖h‖²] of the residual stream
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
-    is large. ``settings.curve_scale="fisher"`` scales by E‖∂L/∂y‖² at the module's output instead (the loss's own
-    sensitivity, isotropic part: ΔL ≈ ½ E[(gᵀe)²] ≈ ½ E‖g‖² E‖e‖² / d), which also sees how errors propagate through
-    the layers above; ``"kl"`` by the same trace estimated from forward passes (``stats["sensitivity"]``), and
-    ``"kl-error"`` by that probe with its MLP-output noise shaped like the Type-I error (``mlp_error_reference``).
+    is large. ``settings.curve_scale="kl"`` scales by tr F at the module's output instead, F the Fisher of the
+    model's own predictions there (``stats["sensitivity"]``, from the KL probe), which also sees how errors propagate
+    through the layers above; ``"kl-error"`` by that probe with its MLP-output noise shaped like the Type-I error
+    (``mlp_error_reference``).
     Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads
     tokens = float(stats["tokens"])
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
-    if settings.curve_scale == "fisher":
-        attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
-    elif settings.curve_scale in PROBED_SCALES:  # the caller adds the layer's [attention, MLP] sensitivities
+    if settings.curve_scale in PROBED_SCALES:  # the caller adds the layer's [attention, MLP] sensitivities
         attn_scale, mlp_scale = (float(s) for s in stats["sensitivity"])
     else:
         attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens

@@ -37,8 +37,6 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
-from pipeline.capture import STAT_NAMES, fisher_mixed
-from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.capture.runner import capture_layers
 from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
@@ -137,20 +135,12 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weights-only methods need none).
     layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
-        store.iter_layers(todo, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        store.iter_layers(todo, verify=cfg.verify_store)
         if method.needs_store else ((i, None) for i in todo))
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
         for index, sums in progress(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
                                     initial=len(errors)):
-            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target,
-                                         cfg.compression.fisher_mix)
-
-
-def _stored_sums_read(cfg: Any) -> tuple[str, ...] | None:
-    """The store arrays a solve reads: all of them, but a Fisher store's fisher_* sums only when used."""
-    k = cfg.compression
-    scales = k.candidates if k.allocation == "validated" else [k.curve_scale]
-    return None if k.fisher_mix or "fisher" in scales else STAT_NAMES
+            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
 
 def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
@@ -163,27 +153,22 @@ def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerP
     if start == num_layers:
         return
     input_ids, _ = load_tokens(cfg)
-    mix = cfg.compression.fisher_mix
-    # The loss gradients of the dense model weight every layer's sums (taken before any block is rewritten).
-    weights = token_gradient_weights(adapter, input_ids, cfg.calibration.batch_size, device) if mix else None
 
     def solve(index: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
         log.info("sequential capture of layer %d/%d: %.2f s", index + 1, num_layers, seconds)
-        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target, mix)
+        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
     def compress(index: int) -> None:
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
     capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
-                   token_weights=weights, dense_reference=cfg.compression.sequential_target == "dense")
+                   dense_reference=cfg.compression.sequential_target == "dense")
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
-                 settings: SolverSettings, device: torch.device, target: Path, fisher_mix: float = 0.0
-                 ) -> dict[str, float]:
+                 settings: SolverSettings, device: torch.device, target: Path) -> dict[str, float]:
     """Solve one layer and write its factors atomically; returns its reconstruction errors."""
     start = time.perf_counter()
-    sums = None if sums is None else fisher_mixed(sums, fisher_mix)
     tensors, err = method.solve_layer(adapter.layer(index), adapter, sums, plan, settings, device)
     with atomic_path(layer_file(target, index)) as tmp:
         save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
@@ -207,11 +192,10 @@ def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter
     sensitivity = (_output_sensitivity(cfg, k, store, store_fingerprint, adapter, method, settings, device)
                    if k.curve_scale in PROBED_SCALES else None)
     curves = []
-    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
+    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
     with contextlib.closing(layers):
         for index, sums in progress(layers, desc="error curves", unit="layer", total=adapter.num_layers):
             start = time.perf_counter()
-            sums = fisher_mixed(sums, k.fisher_mix)
             if sensitivity is not None:
                 sums = sums | {"sensitivity": sensitivity[index]}
             curves.append(method.module_curves(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device))
@@ -257,10 +241,8 @@ def _mlp_noise_factors(cfg: Any, k: Any, store: Any, adapter: Any, method: Metho
     def factor(index: int) -> torch.Tensor:
         if index in cache:
             return cache[index]
-        sums = store.read_layer(index, verify=cfg.verify_store,
-                                names=None if k.fisher_mix else ("mlp_gram", "tokens"))
-        covariance = method.mlp_error_reference(adapter.layer(index), adapter, fisher_mixed(sums, k.fisher_mix),
-                                                settings, k.max_sparsity, device)
+        sums = store.read_layer(index, verify=cfg.verify_store, names=("mlp_gram", "tokens"))
+        covariance = method.mlp_error_reference(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device)
         result = noise_factor(covariance).cpu()
         if keep:
             cache[index] = result
@@ -299,13 +281,12 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
     files: dict[str, dict[int, Path]] = {name: {} for name in candidates}
 
     def variants(index: int) -> dict[str, dict[str, torch.Tensor]]:
-        sums = store.read_layer(index, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        sums = store.read_layer(index, verify=cfg.verify_store)
         solved: dict[str, Path] = {}  # one solve per distinct plan of this layer
         for name, plans in candidates.items():
             plan = json.dumps(plans[index].to_json(), sort_keys=True)
             if plan not in solved:
-                _solve_layer(method, adapter, index, sums, plans[index], settings, device, scratch / name,
-                             k.fisher_mix)
+                _solve_layer(method, adapter, index, sums, plans[index], settings, device, scratch / name)
                 solved[plan] = layer_file(scratch / name, index)
             files[name][index] = solved[plan]
         return {name: load_file(str(files[name][index])) for name in candidates}

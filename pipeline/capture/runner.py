@@ -51,7 +51,6 @@ def capture_layers(
     batch_size: int,
     start_layer: int = 0,
     rewrite: BlockRewrite | None = None,
-    token_weights: torch.Tensor | None = None,
     dense_reference: bool = False,
     precision: str = "fp64",
 ) -> None:
@@ -62,7 +61,6 @@ def capture_layers(
     ``rewrite(index)``, when given, changes block ``index`` in place after its sums reached ``sink`` (and before
     a replay): the next block's inputs are then the rewritten block's outputs, which is sequential calibration
     (each layer's statistics taken on the outputs of the already-compressed layers below it).
-    ``token_weights`` [layers, 2, N, L] (see :mod:`pipeline.capture.fisher`) adds the ``fisher_*`` sums.
     ``dense_reference`` (with ``rewrite``) also carries the unrewritten model's hidden states alongside and adds
     ``mlp_cross``: each layer's MLP activations against the dense model's on the same tokens.
     ``precision``: of each batch's Gram products (``PRODUCT_PRECISIONS``), added to FP64 sums.
@@ -70,12 +68,10 @@ def capture_layers(
     ``sink`` is called (on every rank: the caller decides who writes).
     """
     heads, shape = adapter.head_layout(), adapter.block_shape()
-    shapes = stat_shapes(shape.hidden_size, shape.intermediate_size, heads, fisher=token_weights is not None,
-                         cross=dense_reference)
+    shapes = stat_shapes(shape.hidden_size, shape.intermediate_size, heads, cross=dense_reference)
     adapter.move_non_layer_modules(device)
     hidden: list[torch.Tensor] = []
     block_kwargs: dict[int, dict] = {}  # the keyword arguments blocks get depend only on the batch shape
-    rows = [slice(a, a + batch_size) for a in range(0, input_ids.shape[0], batch_size)]
     for batch in input_ids.split(batch_size):
         h, kwargs = adapter.block_inputs(batch.to(device))
         hidden.append(h)
@@ -109,8 +105,6 @@ def capture_layers(
                                                                        block_kwargs[h.shape[0]])
                     collector.paused = False
                     collector.set_reference(dense_mlp)
-                if token_weights is not None:
-                    collector.set_token_weights(token_weights[index, :, rows[i]])
                 out = adapter.run_block(block, h, block_kwargs[h.shape[0]])
                 collector.add_block_influence(h, out)
                 if rewrite is None:

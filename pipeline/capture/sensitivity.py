@@ -6,9 +6,8 @@ regime, seeds, token counts).
 
 For a small isotropic perturbation δ ~ N(0, σ²I) of a module's output, the KL divergence between the model's
 next-token distributions before and after is ½ δᵀFδ to second order, F the Fisher information of the model's own
-predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the same quantity as the
-empirical Fisher's E‖∂L/∂y‖² (``pipeline.capture.fisher``) but with the model's own predictions in place of the
-labels and no backward pass.
+predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the quantity the backward pass
+of ``pipeline.capture.sampled_fisher`` measures with labels drawn from the model's own predictions.
 
 Block by block, like the capture: one block on the device at a time. Per batch of probe sequences the clean hidden
 state and one *stream* per module perturbed so far go through each block; block l adds two streams (its attention

@@ -32,7 +32,7 @@ def test_every_model_config_composes(model: str) -> None:
 
 
 @pytest.mark.parametrize("scale", ["residual", "kl", "kl-error"])
-def test_every_curve_scale_without_fisher_sums_composes(scale: str) -> None:
+def test_every_curve_scale_composes(scale: str) -> None:
     cfg = compose_config([f"compression.curve_scale={scale}"])
     validate(cfg)
     assert cfg.compression.curve_scale == scale
@@ -110,6 +110,13 @@ RETIRED_LINES = {
     "+compression.mlp_selection=leverage": "compression.mlp_selection was retired (greedy and energy lost to "
                                            "leverage, the paper's and the only Type-I selection left: "
                                            "docs/results.md): remove it",
+    "calibration.fisher=true": "calibration.fisher was retired (the Fisher-weighted sums lost to the plain ones, and "
+                               "the gradient-energy scale to kl, which needs no backward pass at capture: "
+                               "docs/results.md): remove it",
+    "compression.fisher_mix=0.5": "compression.fisher_mix was retired (Fisher-weighted correlations lost to the plain "
+                                  "ones: docs/results.md): remove it",
+    "compression.curve_scale=fisher": "compression.curve_scale=fisher was retired (it lost to kl, which needs no "
+                                      "backward pass at capture: docs/results.md): use compression.curve_scale=kl",
 }
 
 

@@ -103,3 +103,17 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     assert len(calls) == 2
     with safe_open(str(probe), "pt") as handle:
         assert handle.metadata()["key"] != "{}"
+
+
+def test_the_kl_and_residual_curve_scales_change_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+    plans = {}
+    for scale in ("residual", "kl"):
+        cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+            "compression.allocation": "error", "compression.curve_scale": scale, "compression.rate": 0.3}))
+        tokenize.run(cfg)
+        capture.run(cfg)
+        target = solve.run(cfg)
+        plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
+        assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
+    assert plans["residual"] != plans["kl"]
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2  # one per scale
