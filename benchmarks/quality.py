@@ -65,7 +65,6 @@ METHODS = {  # name -> overrides on top of the run's config
     # the variants below were measured against the earlier default (curve_scale=residual) and keep it
     "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
-    "sequential-dense": [*RESIDUAL, "compression.sequential=true", "compression.sequential_target=dense"],
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],

@@ -69,9 +69,6 @@ class CompressionConfig:
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
     sequential: bool = False
-    # With sequential: what the Type-I refit reconstructs: layer (this layer's own dense output on its compressed
-    # inputs) | dense (the dense model's output at this layer, from the cross-correlation with the dense stream).
-    sequential_target: str = "layer"
     # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
     # module's output: the trace of the Fisher of its own predictions there, by one backward pass) or residual
     # (E 1/‖h‖², the next norm's view: no probe); kl-error: kl with the probe's MLP-output noise shaped like the
@@ -134,7 +131,6 @@ class Config:
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error", "validated")
-SEQUENTIAL_TARGETS = ("layer", "dense")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
 
 # Options retired by the project's rule (keep the paper's algorithm, every part of the default, and an option only if
@@ -151,6 +147,9 @@ RETIRED: dict[str, tuple[str, str]] = {
     "compression.fisher_mix": ("Fisher-weighted correlations lost to the plain ones", "remove it"),
     "compression.curve_scale=fisher": ("it lost to kl, which needs no backward pass at capture",
                                        "use compression.curve_scale=kl"),
+    "compression.sequential_target=dense": ("it lost to layer, each layer's own output", "remove it"),
+    "compression.sequential_target": ("compression.sequential=true refits each layer's own output, the only target "
+                                      "left", "remove it"),
 }
 
 
@@ -251,9 +250,6 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
            "and can write a solved layer into its block)")
-    _check_choice("compression.sequential_target", k.sequential_target, SEQUENTIAL_TARGETS)
-    _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
-           k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
     from pipeline.solver import CURVE_SCALES
 
     _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)

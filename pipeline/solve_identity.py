@@ -33,7 +33,7 @@ VALIDATION_FIELDS = ("candidates", "validation_sequences")
 RULES = ("bi", "uniform")  # candidates of allocation=validated that are allocations of their own (no curves)
 # Compression fields retired with one value left (pipeline.config.RETIRED), at that value: the keys keep them, so
 # what was solved before they went keeps its name and manifest (the code left computes what that value did)
-RETIRED_FIELDS: dict[str, Any] = {"mlp_selection": "leverage", "fisher_mix": 0.0}
+RETIRED_FIELDS: dict[str, Any] = {"mlp_selection": "leverage", "sequential_target": "layer", "fisher_mix": 0.0}
 
 
 def _plain(value: Any) -> Any:

@@ -224,11 +224,8 @@ def solve_modegpt_layer(
 
     # C W_D serves three times: the Nyström right-hand side (its rows J), the MLP output energy, and the error.
     corr_down = mlp_corr @ dense.down
-    # Sequential calibration toward the dense model (compression.sequential_target=dense): E[h h_denseᵀ] W_D.
-    target_down = stats["mlp_cross"] / tokens @ dense.down if "mlp_cross" in stats else None
     mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge,
-                      corr_w=corr_down, refit=settings.mlp_refit, tokens=tokens,
-                      target_w=target_down)
+                      corr_w=corr_down, refit=settings.mlp_refit, tokens=tokens)
     mlp_energy = (dense.down * corr_down).sum()
     mlp_error = mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
 

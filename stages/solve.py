@@ -161,8 +161,7 @@ def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerP
     def compress(index: int) -> None:
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
-    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
-                   dense_reference=cfg.compression.sequential_target == "dense")
+    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress)
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,

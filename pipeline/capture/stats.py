@@ -22,9 +22,8 @@ STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens
 OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram", "inv_resid_in", "inv_resid_out")
 
 
-def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, cross: bool = False) -> dict[str, tuple[int, ...]]:
-    """Per-layer shape of every statistic (the store adds a leading layer axis); ``cross`` adds the MLP
-    cross-correlation with a reference stream (sequential solves only)."""
+def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, tuple[int, ...]]:
+    """Per-layer shape of every statistic (the store adds a leading layer axis)."""
     shapes = {
         "attn_gram": (hidden, hidden),  # sum of x x^T over tokens, x = attention input (Type-III)
         "mlp_gram": (intermediate, intermediate),  # sum of h h^T, h = input of the down projection (Type-I)
@@ -39,9 +38,6 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, cross: bool =
         "inv_resid_in": (),
         "inv_resid_out": (),
     }
-    if cross:
-        # sum of h h_refᵀ: this model's MLP activation against a reference model's on the same token
-        shapes["mlp_cross"] = (intermediate, intermediate)
     return shapes
 
 
@@ -57,15 +53,13 @@ class LayerStats:
     o_in_gram: torch.Tensor
     inv_resid_in: torch.Tensor
     inv_resid_out: torch.Tensor
-    mlp_cross: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
         return cls(**{k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()})
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        cross = {} if self.mlp_cross is None else {"mlp_cross": self.mlp_cross}
-        return {k: getattr(self, k) for k in STAT_NAMES} | cross
+        return {k: getattr(self, k) for k in STAT_NAMES}
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -145,36 +139,20 @@ class LayerStatsCollector:
         self.heads = heads
         self.stats = stats
         self.precision = precision  # of the Gram products (PRODUCT_PRECISIONS); the sums are FP64 whatever it is
-        # The reference stream's MLP activations of the current batch (see set_reference): mlp_cross.
-        self._reference: torch.Tensor | None = None
         self._attn_blocks = gram_blocks(stats.attn_gram.shape[0])
         self._mlp_blocks = gram_blocks(stats.mlp_gram.shape[0])
         self._mlp_in_blocks = gram_blocks(stats.mlp_in_gram.shape[0])
         self._o_in_blocks = gram_blocks(stats.o_in_gram.shape[0])
         # q and k may be slices of one fused projection's output (Phi-3's qkv_proj).
         (q_module, self._q_cols), (k_module, self._k_cols) = output_source(layer.q_proj), output_source(layer.k_proj)
-        self.paused = False  # True: forward passes through the block add nothing (a reference stream's, say)
-        guard = self._unless_paused
         self._handles = [
-            layer.attention_input.register_forward_pre_hook(guard(self._attn_input)),
-            q_module.register_forward_hook(guard(self._query)),
-            k_module.register_forward_hook(guard(self._key)),
-            layer.mlp_hidden.register_forward_pre_hook(guard(self._mlp_hidden)),
-            output_source(layer.up_proj)[0].register_forward_pre_hook(guard(self._mlp_input)),
-            output_source(layer.o_proj)[0].register_forward_pre_hook(guard(self._o_input)),
+            layer.attention_input.register_forward_pre_hook(self._attn_input),
+            q_module.register_forward_hook(self._query),
+            k_module.register_forward_hook(self._key),
+            layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
+            output_source(layer.up_proj)[0].register_forward_pre_hook(self._mlp_input),
+            output_source(layer.o_proj)[0].register_forward_pre_hook(self._o_input),
         ]
-
-    def _unless_paused(self, hook: Any) -> Any:
-        def guarded(*args: Any) -> None:
-            if not self.paused:
-                hook(*args)
-        return guarded
-
-    def set_reference(self, mlp_hidden: torch.Tensor | None) -> None:
-        """A reference model's MLP activations (down_proj input) for the tokens the next forward pass runs."""
-        if mlp_hidden is not None and self.stats.mlp_cross is None:
-            raise ValueError("a reference given but the stats have no mlp_cross sum (stat_shapes(cross=True))")
-        self._reference = None if mlp_hidden is None else _flat64(mlp_hidden)
 
     def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         x = _flat(args[0])
@@ -184,9 +162,6 @@ class LayerStatsCollector:
     def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         h = _flat(args[0])
         add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks, self.precision)
-        if self._reference is not None:
-            assert self.stats.mlp_cross is not None
-            self.stats.mlp_cross.addmm_(h.to(torch.float64).T, self._reference.to(h.device))
 
     def _mlp_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks, self.precision)

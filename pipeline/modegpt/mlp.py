@@ -156,7 +156,6 @@ def nystrom_mlp(
     corr_w: Tensor | None = None,
     refit: str = "paper",
     tokens: float | None = None,
-    target_w: Tensor | None = None,
 ) -> MlpSolution:
     """Keep `keep` intermediate columns; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
 
@@ -165,9 +164,6 @@ def nystrom_mlp(
     if the caller has it anyway (the right-hand side C_J: W_D is then its rows J, not a second product).
     ``refit="shrink"`` ridges the refit toward the dense rows instead of toward 0, by keep/tokens relative
     (``tokens``: the calibration's count).
-    ``target_w`` = E[h h_refᵀ] W_D replaces C W_D in the refit only: the kept columns then fit the output of
-    reference activations h_ref (the dense model's, where h comes from compressed layers below) instead of this
-    layer's own dense output, so the refit also undoes the error the layers below left.
     """
     _check_mlp(corr, w_down)
     full = corr.shape[0]
@@ -184,8 +180,7 @@ def nystrom_mlp(
     corr_w = None if corr_w is None else as_f64(corr_w)
     scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
     index = stable_top_indices(scores, keep)
-    rhs = corr_w if target_w is None else as_f64(target_w)
-    update = _nystrom_update(c, w, index, nystrom_ridge, rhs, tokens if refit == "shrink" else None)
+    update = _nystrom_update(c, w, index, nystrom_ridge, corr_w, tokens if refit == "shrink" else None)
     return MlpSolution(index=index, w_down=update.w_down, leverage_eigh=leverage_eigh, ridge=update.ridge,
                        ridge_pivots=update.ridge_pivots, pseudo_inverse=update.pseudo_inverse, shrink=update.shrink)
 

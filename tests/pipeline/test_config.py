@@ -117,6 +117,11 @@ RETIRED_LINES = {
                                   "ones: docs/results.md): remove it",
     "compression.curve_scale=fisher": "compression.curve_scale=fisher was retired (it lost to kl, which needs no "
                                       "backward pass at capture: docs/results.md): use compression.curve_scale=kl",
+    "compression.sequential_target=dense": "compression.sequential_target=dense was retired (it lost to layer, each "
+                                           "layer's own output: docs/results.md): remove it",
+    "compression.sequential_target=layer": "compression.sequential_target was retired (compression.sequential=true "
+                                           "refits each layer's own output, the only target left: docs/results.md): "
+                                           "remove it",
 }
 
 

@@ -159,20 +159,3 @@ def test_bad_arguments() -> None:
         ridge_leverage_scores(c, 0.0)
     with pytest.raises(ValueError, match="w_down"):
         nystrom_mlp(c, w_d.T, 4)
-
-
-def test_refit_toward_a_reference_output_is_its_least_squares_fit() -> None:
-    """target_w = E[h h_refᵀ] W_D: with no ridge the refit is argmin ‖H_ref W_D − H_J W'‖², the kept columns of
-    this model's activations fitted to a reference model's output (sequential_target=dense)."""
-    g = torch.Generator().manual_seed(3)
-    h = torch.randn(400, 24, generator=g, dtype=torch.float64)
-    h_ref = h + 0.3 * torch.randn(400, 24, generator=g, dtype=torch.float64)
-    w_down = torch.randn(24, 8, generator=g, dtype=torch.float64)
-    corr, cross = h.T @ h / 400, h.T @ h_ref / 400
-    sol = nystrom_mlp(corr, w_down, 10, nystrom_ridge=0.0, target_w=cross @ w_down)
-    h_j = h[:, sol.index]
-    want = torch.linalg.lstsq(h_j, h_ref @ w_down).solution
-    torch.testing.assert_close(sol.w_down, want, rtol=1e-8, atol=1e-10)
-    own = nystrom_mlp(corr, w_down, 10, nystrom_ridge=0.0)
-    assert torch.equal(own.index, sol.index)  # the selection does not change, only the refit
-    assert ((h_ref @ w_down - h_j @ sol.w_down).square().sum() < (h_ref @ w_down - h_j @ own.w_down).square().sum())
