@@ -68,9 +68,6 @@ METHODS = {  # name -> overrides on top of the run's config
     "kl-scale": ["compression.curve_scale=kl"],  # the module budget in units of a KL probe (the default since 2026-12)
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.curve_scale=kl", "compression.sequential=true"],
-    # ... with the probe's MLP-output noise shaped like the Type-I error (d·tr(FΣ)/tr Σ in place of tr F)
-    "kl-error-scale": ["compression.curve_scale=kl-error"],
-    "kl-error-scale+sequential": ["compression.curve_scale=kl-error", "compression.sequential=true"],
     # engine shapes (pipeline.engine_shapes): attention whole, per-layer MLP widths on a grid (DeciLM / llama.cpp
     # deci; 256 also suits vLLM and K-quants), or one MLP width (the family's own class)
     "deci": ["compression.shape=deci"],

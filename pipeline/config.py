@@ -71,8 +71,7 @@ class CompressionConfig:
     sequential: bool = False
     # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
     # module's output: the trace of the Fisher of its own predictions there, by one backward pass) or residual
-    # (E 1/‖h‖², the next norm's view: no probe); kl-error: kl with the probe's MLP-output noise shaped like the
-    # Type-I error's covariance (not isotropic)
+    # (E 1/‖h‖², the next norm's view: no probe)
     curve_scale: str = "kl"
     # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
     # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
@@ -147,6 +146,8 @@ RETIRED: dict[str, tuple[str, str]] = {
     "compression.fisher_mix": ("Fisher-weighted correlations lost to the plain ones", "remove it"),
     "compression.curve_scale=fisher": ("it lost to kl, which needs no backward pass at capture",
                                        "use compression.curve_scale=kl"),
+    "compression.curve_scale=kl-error": ("it never beat kl by more than 2% among the options kept",
+                                         "use compression.curve_scale=kl"),
     "compression.sequential_target=dense": ("it lost to layer, each layer's own output", "remove it"),
     "compression.sequential_target": ("compression.sequential=true refits each layer's own output, the only target "
                                       "left", "remove it"),

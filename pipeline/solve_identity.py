@@ -20,10 +20,7 @@ PROBE_VERSION = 4
 PROBE_SEQUENCES = 32  # calibration sequences probed (the first ones; fewer where the calibration has fewer)
 PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
 PROBE_SEED = 0
-# compression.curve_scale values measured by the KL probe, and the kept MLP fractions whose Type-I error
-# covariances shape kl-error's noise
-PROBED_SCALES = ("kl", "kl-error")
-ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+PROBED_SCALES = ("kl",)  # compression.curve_scale values measured by the KL probe
 # 1: held-out windows are the calibration permutation's next ones; mean KL(dense ‖ candidate) per token
 VALIDATION_VERSION = 1
 # Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead
@@ -61,17 +58,13 @@ def candidate(compression: Any, name: str) -> Any:
 
 
 def probe_key(compression: Any) -> dict[str, Any] | None:
-    """The KL probe's key (None when the solve runs no probe). The isotropic probe depends on the tokens and model
-    only (the store, which callers add), so every solver setting shares it; kl-error's noise is shaped by the
-    error curves' keep order, so its key holds every compression field too."""
+    """The KL probe's key (None when the solve runs no probe). The probe depends on the tokens and model only (the
+    store, which callers add), so every solver setting shares it."""
     k = compression
     if k.allocation != "error" or k.curve_scale not in PROBED_SCALES:
         return None
     key: dict[str, Any] = {"curve_scale": k.curve_scale, "version": PROBE_VERSION, "sequences": PROBE_SEQUENCES,
                            "positions": PROBE_POSITIONS, "seed": PROBE_SEED}
-    if k.curve_scale == "kl-error":
-        key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS),
-                "compression": compression_fields(k, VALIDATION_FIELDS)}
     return key
 
 

@@ -30,7 +30,6 @@ from pipeline.modegpt import (
     head_output_energy,
     kept_dim,
     leverage_keep_order,
-    mlp_error_covariance,
     nested_mlp_residuals,
     nystrom_mlp,
     qk_error_curve,
@@ -40,7 +39,7 @@ from pipeline.modegpt import (
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
-from pipeline.solve_identity import ERROR_PROBE_FRACTIONS, PROBED_SCALES
+from pipeline.solve_identity import PROBED_SCALES
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,9 @@ MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
 MASSIVE_RATIO = 1e4
 
-# compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error (PROBED_SCALES)
-# are measured by the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
-CURVE_SCALES = ("residual", "kl", "kl-error")
+# compression.curve_scale: the unit of the module error curves (allocation=error); kl (PROBED_SCALES) is measured by
+# the KL probe (pipeline.capture.sampled_fisher), which the solve stage runs before the curves
+CURVE_SCALES = ("residual", "kl")
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,7 @@ class SolverSettings:
     eig_floor: float = 1e-8
     round_to: int = 1
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
-    # error curves in units of: residual (E 1/‖h‖²) | kl | kl-error (a KL probe's tr F, or its d · tr(F Σ)/tr Σ
-    # with Σ the Type-I error covariance: ``stats["sensitivity"]``)
+    # error curves in units of: residual (E 1/‖h‖²) | kl (a KL probe's tr F: ``stats["sensitivity"]``)
     curve_scale: str = "residual"
 
     @classmethod
@@ -256,17 +254,6 @@ def _min_keep(full: int, max_sparsity: float) -> int:
     return max(1, math.ceil((1.0 - max_sparsity) * full))
 
 
-def mlp_error_reference(stats: dict[str, Tensor], dense: DenseLayer, settings: SolverSettings,
-                        max_sparsity: float) -> Tensor:
-    """[d, d], trace 1 (FP64): the shape of the layer's Type-I output-error covariance, with the error curves'
-    keep order, averaged over ``ERROR_PROBE_FRACTIONS`` of the MLP width (``curve_scale=kl-error``'s probe noise)."""
-    mlp_corr = stats["mlp_gram"] / float(stats["tokens"])
-    corr_down = mlp_corr @ dense.down
-    order = leverage_keep_order(mlp_corr, settings.ridge_lambda)
-    return mlp_error_covariance(mlp_corr, dense.down, order, ERROR_PROBE_FRACTIONS, settings.nystrom_ridge,
-                                corr_w=corr_down)
-
-
 def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: BlockShape, settings: SolverSettings,
                         max_sparsity: float) -> dict[str, ModuleCurve]:
     """Each module's output error against its kept width, as a relative change of the residual stream.
@@ -275,8 +262,7 @@ def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: Bloc
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
     is large. ``settings.curve_scale="kl"`` scales by tr F at the module's output instead, F the Fisher of the
     model's own predictions there (``stats["sensitivity"]``, from the KL probe), which also sees how errors propagate
-    through the layers above; ``"kl-error"`` by that probe with its MLP-output noise shaped like the Type-I error
-    (``mlp_error_reference``).
+    through the layers above.
     Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads

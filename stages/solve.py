@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,6 @@ from pipeline.artifacts import (
 from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.capture.runner import capture_layers
 from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
-from pipeline.capture.sensitivity import noise_factor
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
@@ -51,10 +50,6 @@ from pipeline.solve_identity import PROBED_SCALES, candidate, curves_key, probe_
 from pipeline.solver import SolverSettings
 
 log = logging.getLogger(__name__)
-
-# curve_scale=kl-error keeps every layer's probe-noise factor in memory between probe batches while they take at
-# most this much (d² float32 per layer: SmolLM2 40 MB); above it (70B models: 21 GB) each batch recomputes them
-NOISE_FACTOR_CACHE_BYTES = 1 << 30
 
 
 def run(cfg: Any, rate: float | None = None) -> Path:
@@ -188,7 +183,7 @@ def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
-    sensitivity = (_output_sensitivity(cfg, k, store, store_fingerprint, adapter, method, settings, device)
+    sensitivity = (_output_sensitivity(cfg, k, store_fingerprint, adapter, device)
                    if k.curve_scale in PROBED_SCALES else None)
     curves = []
     layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
@@ -204,11 +199,11 @@ def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter
     return curves
 
 
-def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
-                        settings: SolverSettings, device: torch.device) -> torch.Tensor:
-    """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the isotropic
-    probe (``kl``) depends on the calibration tokens and the model only, so every solver setting under it reuses
-    one probe, the dearest part of the curves."""
+def _output_sensitivity(cfg: Any, k: Any, store_fingerprint: str, adapter: Any, device: torch.device
+                        ) -> torch.Tensor:
+    """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the probe depends
+    on the calibration tokens and the model only, so every solver setting reuses one probe, the dearest part of the
+    curves."""
     key = {"store": store_fingerprint, **(probe_key(k) or {})}
     path = ArtifactPaths(cfg).output_sensitivity(fingerprint(key))
     made_for = json.dumps(key, sort_keys=True)
@@ -220,34 +215,10 @@ def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, ad
             log.info("reusing the KL probe's sensitivities %s", path)
             return sensitivity
         log.warning("%s was made for another store or probe setting: probing again", path)
-    factors = (_mlp_noise_factors(cfg, k, store, adapter, method, settings, device)
-               if k.curve_scale == "kl-error" else None)
-    sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
-                                             mlp_noise_factor=factors)
+    sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device)
     with atomic_path(path) as tmp:
         save_file({"sensitivity": sensitivity.contiguous()}, str(tmp), metadata={"key": made_for})
     return sensitivity
-
-
-def _mlp_noise_factors(cfg: Any, k: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,
-                       device: torch.device) -> Callable[[int], torch.Tensor]:
-    """curve_scale=kl-error: layer l's MLP-output noise factor for the probe, from its Type-I error covariance (the
-    store's MLP correlation, the dense down projection and the error curves' keep order), made when asked."""
-    d = adapter.block_shape().hidden_size
-    keep = adapter.num_layers * d * d * 4 <= NOISE_FACTOR_CACHE_BYTES
-    cache: dict[int, torch.Tensor] = {}
-
-    def factor(index: int) -> torch.Tensor:
-        if index in cache:
-            return cache[index]
-        sums = store.read_layer(index, verify=cfg.verify_store, names=("mlp_gram", "tokens"))
-        covariance = method.mlp_error_reference(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device)
-        result = noise_factor(covariance).cpu()
-        if keep:
-            cache[index] = result
-        return result
-
-    return factor
 
 
 def _candidate_views(k: Any) -> dict[str, Any]:

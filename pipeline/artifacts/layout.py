@@ -173,7 +173,7 @@ class ArtifactPaths:
         return self.solves / f"curves-{key[:12]}.safetensors"
 
     def output_sensitivity(self, key: str) -> Path:
-        """The KL probe's per-module sensitivities of one store and probe setting (``curve_scale=kl``, ``kl-error``),
+        """The KL probe's per-module sensitivities of one store and probe setting (``curve_scale=kl``),
         shared by every solver setting whose curves they scale."""
         return self.solves / f"sensitivity-{key[:12]}.safetensors"
 

@@ -25,8 +25,6 @@ from pipeline.modegpt.mlp import (
 )
 from pipeline.modegpt.profile import (
     head_output_energy,
-    mlp_error_covariance,
-    mlp_error_covariances,
     nested_mlp_residuals,
     qk_error_curve,
     vo_rank_residuals,
@@ -42,8 +40,6 @@ __all__ = [
     "allocate_widths",
     "head_output_energy",
     "leverage_keep_order",
-    "mlp_error_covariance",
-    "mlp_error_covariances",
     "nested_mlp_residuals",
     "qk_error_curve",
     "vo_rank_residuals",

@@ -55,42 +55,6 @@ def nested_mlp_residuals(corr: Tensor, w_down: Tensor, order: Tensor, nystrom_ri
     return (total - explained).clamp_min(0.0)
 
 
-def mlp_error_covariances(corr: Tensor, w_down: Tensor, order: Tensor, widths: list[int],
-                          nystrom_ridge: float = 1e-6, corr_w: Tensor | None = None) -> Tensor:
-    """[len(widths), d, d]: Σ_e(k), the covariance of the Type-I output error (refit included) when the first k
-    columns of ``order`` are kept. With Z = L⁻¹ (C W_D)_order as in ``nested_mlp_residuals`` (L the Cholesky factor
-    of the permuted C + ρI), Σ_e(k) = W_Dᵀ C W_D − Z[:k]ᵀ Z[:k]: its trace is ``nested_mlp_residuals(...)[k]``."""
-    w, rhs, z = _explained_rows(corr, w_down, order, nystrom_ridge, corr_w)
-    total = symmetric(w.T @ rhs)
-    return torch.stack([symmetric(total - z[:k].T @ z[:k]) for k in widths])
-
-
-def mlp_error_covariance(corr: Tensor, w_down: Tensor, order: Tensor, kept_fractions: tuple[float, ...],
-                         nystrom_ridge: float = 1e-6, corr_w: Tensor | None = None) -> Tensor:
-    """[d, d], trace 1: the shape of the Type-I output error's covariance, averaged over reference kept widths.
-
-    Why: the KL probe (``curve_scale=kl``) scales the error curve by tr F, F the model's Fisher at the MLP output,
-    which is right for an isotropic error only; to second order an error of covariance Σ_e costs ½ tr(F Σ_e). The
-    probe of ``curve_scale=kl-error`` draws its noise with this covariance's shape instead, so what it measures is
-    d · tr(F Σ)/tr Σ (tr F again when Σ ∝ I: the same units), and the curve residual[k] × that is tr(F Σ_e(k))
-    wherever Σ_e(k) has the reference's shape.
-
-    The mean over k = round(f · D), f in ``kept_fractions``, of Σ_e(k) / tr Σ_e(k) (``mlp_error_covariances``):
-    normalised, so each width counts alike, and independent of the rate. Widths with no error are left out (all of
-    them: the shape of W_Dᵀ C W_D, the error of keeping nothing).
-    """
-    full = corr.shape[0]
-    widths = sorted({min(full, max(0, round(f * full))) for f in kept_fractions})
-    covs = mlp_error_covariances(corr, w_down, order, [0, *widths], nystrom_ridge, corr_w)
-    traces = torch.diagonal(covs, dim1=1, dim2=2).sum(1)
-    if not bool(traces[0] > 0):
-        raise ValueError("the MLP output has no energy: no error covariance to shape the probe's noise")
-    useful = traces[1:] > traces[0] * 1e-12
-    if not bool(useful.any()):
-        return covs[0] / traces[0]
-    return (covs[1:][useful] / traces[1:][useful, None, None]).mean(0)
-
-
 def vo_rank_residuals(corr: Tensor, w_v: Tensor, w_o: Tensor, eig_floor: float = 1e-8) -> Tensor:
     """residual[r] (r = 0..d_H): Σ_groups ‖C^{1/2}(W_V W_O,cat − rank-r approximation)‖_F², from the singular
     values of the whitened product that ``vo_svd`` truncates (Eckart–Young: the tail energy)."""

@@ -292,6 +292,13 @@ def test_the_command_prints_exactly_one_line(tmp_path: Path, tiny_model_dirs, st
     (["solve", "+compression.mlp_selection=leverage"], "compression.mlp_selection was retired (greedy and energy "
      "lost to leverage"),
     (["ls", "compression.mlp_selection=energy"], "compression.mlp_selection=energy was retired"),
+    (["capture", "calibration.fisher=true"], "calibration.fisher was retired"),
+    (["solve", "compression.sequential=true", "compression.sequential_target=dense"],
+     "compression.sequential_target=dense was retired"),
+    (["run", "compression.curve_scale=kl-error"], "compression.curve_scale=kl-error was retired (it never beat kl "
+     "by more than 2% among the options kept: docs/results.md): use compression.curve_scale=kl"),
+    (["solve", "compression.allocation=validated", "compression.candidates=[kl,kl-error]"],
+     "compression.candidates=['kl', 'kl-error'] names a retired curve scale: compression.curve_scale=kl-error"),
 ])
 def test_a_retired_option_is_one_line_before_hydra_starts(tmp_path: Path, tiny_model_dirs, monkeypatch, argv,
                                                            message) -> None:

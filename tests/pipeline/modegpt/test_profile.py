@@ -10,8 +10,6 @@ import torch.nn.functional as F
 from pipeline.modegpt import (
     head_output_energy,
     leverage_keep_order,
-    mlp_error_covariance,
-    mlp_error_covariances,
     mlp_residual,
     nested_mlp_residuals,
     nystrom_mlp,
@@ -45,29 +43,6 @@ def test_nested_residuals_match_direct_residuals() -> None:
         for k in (1, 5, 12, 23, 24):
             assert math.isclose(float(curve[k]), mlp_residual(c, w, order[:k]), rel_tol=1e-6, abs_tol=1e-10)
         assert bool((curve[1:] <= curve[:-1] + 1e-12).all())
-
-
-def test_error_covariances_are_the_curves_own_errors() -> None:
-    """Σ_e(k) is the covariance of the refit's output error on the calibration tokens (its trace the curve's
-    residual[k]); the kl-error reference is their mean shape: symmetric PSD of trace 1, not isotropic."""
-    h, c, w = _swiglu_mlp(1, tokens=200, d=6, full=24)
-    widths = [0, 6, 12, 18, 24]
-    for order in (leverage_keep_order(c, 1.0), torch.randperm(24, generator=torch.Generator().manual_seed(0))):
-        curve = nested_mlp_residuals(c, w, order, 1e-12)
-        covs = mlp_error_covariances(c, w, order, widths, 1e-12)
-        assert covs.shape == (5, 6, 6)
-        for k, cov in zip(widths, covs, strict=True):
-            assert math.isclose(float(torch.trace(cov)), float(curve[k]), rel_tol=1e-9, abs_tol=1e-9)
-            kept = order[:k]
-            refit = torch.linalg.solve(c[kept][:, kept], c[kept] @ w) if k else w[:0]
-            err = h @ w - h[:, kept] @ refit  # the output error of keeping ``kept`` with the Nyström refit
-            torch.testing.assert_close(cov, err.T @ err / h.shape[0], rtol=1e-6, atol=1e-9)
-        ref = mlp_error_covariance(c, w, order, (0.25, 0.5, 0.75), 1e-12)
-        torch.testing.assert_close(ref, ref.T, rtol=0, atol=0)
-        assert math.isclose(float(torch.trace(ref)), 1.0, rel_tol=1e-12)
-        assert float(torch.linalg.eigvalsh(ref).min()) > -1e-12
-        torch.testing.assert_close(ref, sum(covs[i] / torch.trace(covs[i]) for i in (1, 2, 3)) / 3)
-        assert not torch.allclose(ref, torch.eye(6, dtype=F64) / 6, atol=1e-2)
 
 
 def test_vo_rank_residuals_are_the_truncation_errors() -> None:
