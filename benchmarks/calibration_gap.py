@@ -77,7 +77,7 @@ def main() -> None:
             sums = store.read_layer(index, names=("mlp_gram", "tokens"))
             corr = sums["mlp_gram"].to(device, torch.float64) / float(sums["tokens"])
             mlp = nystrom_mlp(corr, dense.down, widths[index], k.ridge_lambda, k.nystrom_ridge,
-                              corr_w=corr @ dense.down, selection=k.mlp_selection, refit=k.mlp_refit,
+                              corr_w=corr @ dense.down, refit=k.mlp_refit,
                               tokens=float(sums["tokens"]))
             row.append(relative_error(eval_corr, dense.down, mlp.index, mlp.w_down))
         totals = [t + e for t, e in zip(totals, row, strict=True)]

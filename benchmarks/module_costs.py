@@ -39,7 +39,7 @@ def main() -> None:
     settings = SolverSettings.from_config(k)
     method = method_named("modegpt")
     print(f"{cfg.model.name}: error per parameter removed (x1e6, relative residual-stream change) when one module "
-          f"loses {args.cut:.0%} of its width; mlp_selection={k.mlp_selection}")
+          f"loses {args.cut:.0%} of its width")
     print("| layer | " + " | ".join(MODULE_ORDER) + " | cheapest |")
     print("|---|" + "---|" * (len(MODULE_ORDER) + 1))
     totals = dict.fromkeys(MODULE_ORDER, 0.0)

@@ -13,7 +13,7 @@ Methods: `modegpt` (this project's default solver), `paper` (the paper's MoDeGPT
 (the paper's, the same sparsity in every layer), `weight_svd` (truncated SVD of each weight, rank for the same
 parameter count), `layer_removal` (ShortGPT: whole blocks of lowest Block Influence) and `whitened_svd` (SVD-LLM:
 SVD in each linear's whitened input space). The `paper+...` rows change one part of the paper's recipe each
-(`--methods paper paper+greedy paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
+(`--methods paper paper+shrink paper+budget`). Perplexities are cached by a digest of the weights under
 <root>/benchmarks/perplexity-cache, so adding rows reruns only the new ones. Zero-shot answers
 are cached per solve (lm-eval's request cache under <root>/cache/eval-requests), so an interrupted run resumes and
 a rerun costs only what is new.
@@ -61,34 +61,16 @@ METHODS = {  # name -> overrides on top of the run's config
     "paper": PAPER,
     "uniform": [*PAPER, "compression.allocation=uniform"],
     # ablations (issue 15): one part of the paper's recipe changed at a time
-    "paper+greedy": [*PAPER, "compression.mlp_selection=greedy"],
     "paper+shrink": [*PAPER, "compression.mlp_refit=shrink"],
     "paper+budget": [*PAPER, "compression.allocation=error"],
-    "paper+budget+greedy": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy"],
-    "paper+budget+greedy+shrink": [*PAPER, "compression.allocation=error", "compression.mlp_selection=greedy",
-                                   "compression.mlp_refit=shrink"],
     # the variants below were measured against the earlier default (curve_scale=residual) and keep it
     "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
-    "sequential-dense": [*RESIDUAL, "compression.sequential=true", "compression.sequential_target=dense"],
-    # loss-aware correlations: a store with Fisher-weighted sums too (captured once), mixed in by fisher_mix
-    "fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0"],
-    "fisher0.5": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=0.5"],
-    "greedy": ["compression.mlp_selection=greedy"],  # the default with residual-minimising Type-I selection
-    "energy": ["compression.mlp_selection=energy"],  # ... with the columns of most output energy C_jj·‖W_D,j‖²
-    "residual-scale+energy": [*RESIDUAL, "compression.mlp_selection=energy"],
     # the module budget in units of a KL probe (the default 2026-12-02..05, now a candidate of the validated plan)
     "kl-scale": ["compression.allocation=error", "compression.curve_scale=kl"],
     "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.allocation=error", "compression.curve_scale=kl",
                             "compression.sequential=true"],
-    # ... with the probe's MLP-output noise shaped like the Type-I error (d·tr(FΣ)/tr Σ in place of tr F)
-    "kl-error-scale": ["compression.curve_scale=kl-error"],
-    "kl-error-scale+sequential": ["compression.curve_scale=kl-error", "compression.sequential=true"],
-    "fisher-scale": ["calibration.fisher=true", "compression.curve_scale=fisher"],
-    "fisher-scale+mix": ["calibration.fisher=true", "compression.curve_scale=fisher", "compression.fisher_mix=0.5"],
-    "sequential+fisher": [*RESIDUAL, "calibration.fisher=true", "compression.fisher_mix=1.0",
-                          "compression.sequential=true"],
     # engine shapes (pipeline.engine_shapes): attention whole, per-layer MLP widths on a grid (DeciLM / llama.cpp
     # deci; 256 also suits vLLM and K-quants), or one MLP width (the family's own class)
     "deci": ["compression.shape=deci"],
@@ -255,7 +237,7 @@ def main() -> None:
         if eps is not None:
             over.append(f"compression.temperature={eps}")
         job_cfg = compose_cfg(over)
-        capture.run(job_cfg)  # the run's store, or (calibration.fisher) its Fisher-weighted sibling
+        capture.run(job_cfg)  # the run's store, or a row's own (calibration.product_precision)
         solve_dir = solve.run(job_cfg)
         model, params = compressed_model(dense, adapter, job_cfg, solve_dir)
         rates = achieved_rates(dense_params, dense_block, params)

@@ -11,7 +11,6 @@ computes them, and the eigendecomposition form), and torch.profiler's top operat
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -25,7 +24,7 @@ from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
 from pipeline.methods import method_named
-from pipeline.modegpt import SELECTIONS, mlp, vo
+from pipeline.modegpt import mlp, vo
 from pipeline.readers import block_influence_of, open_store
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.
@@ -91,14 +90,8 @@ def main() -> None:
     eigh = best_seconds(lambda: mlp._leverage_from_eigh(corr, k.ridge_lambda), device, args.repeats)
     print(f"ridge leverage scores: Cholesky {cholesky:.4f} s, eigendecomposition {eigh:.4f} s")
     shape = adapter.block_shape()
-    for selection in SELECTIONS:
-        variant = dataclasses.replace(settings, mlp_selection=selection)
-        seconds = best_seconds(lambda v=variant: solver.solve_modegpt_layer(stats, dense, plans[args.layer], heads, v),
-                               device, args.repeats)
-        curves = best_seconds(lambda v=variant: solver.module_error_curves(stats, dense, shape, v, k.max_sparsity),
-                              device, 1)
-        print(f"mlp_selection={selection}: solve_modegpt_layer {seconds:.3f} s; module error curves "
-              f"(compression.allocation=error, once per layer and store) {curves:.3f} s")
+    curves = best_seconds(lambda: solver.module_error_curves(stats, dense, shape, settings, k.max_sparsity), device, 1)
+    print(f"module error curves (compression.allocation=error, once per layer and store): {curves:.3f} s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         solve_layer()

@@ -40,9 +40,6 @@ class CalibrationConfig:
     seq_len: int = 512
     seed: int = 0
     batch_size: int = 4  # sequences per forward pass during capture
-    # Also store loss-aware (empirical Fisher) copies of the solver's sums: one backward pass per calibration batch
-    # with the whole model on the device; compression.fisher_mix chooses how much of them a solve uses.
-    fisher: bool = False
     # How each batch's correlation products are formed before they join the FP64 sums: fp64 | fp32 | tf32 | bf16
     # (tf32, bf16: tensor cores on CUDA; on a CPU tf32 is fp32 and bf16 rounds the inputs). FP64 runs at 1/32-1/64
     # of FP32 on most GPUs that are not H100/A100; docs/solver.md has what fp32 changes.
@@ -68,21 +65,13 @@ class CompressionConfig:
     shape: str = "deci"
     # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
     round_to: int | None = None
-    # Type-I columns: leverage (the paper) | greedy (residual elimination) | energy (C_jj·‖W_D,j‖², no cross terms)
-    mlp_selection: str = "leverage"
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
     sequential: bool = False
-    # With sequential: what the Type-I refit reconstructs: layer (this layer's own dense output on its compressed
-    # inputs) | dense (the dense model's output at this layer, from the cross-correlation with the dense stream).
-    sequential_target: str = "layer"
-    # 0: the plain correlations (the paper); 1: Fisher-weighted (needs calibration.fisher); between: a mix.
-    fisher_mix: float = 0.0
     # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
-    # module's output, from forward passes: the KL of the outputs under a small perturbation of it), residual
-    # (E 1/‖h‖², the next norm's view: no probe) or fisher (E ‖∂L/∂y‖², the loss's; needs calibration.fisher);
-    # kl-error: kl with the probe's MLP-output noise shaped like the Type-I error's covariance (not isotropic)
+    # module's output: the trace of the Fisher of its own predictions there, by one backward pass) or residual
+    # (E 1/‖h‖², the next norm's view: no probe)
     curve_scale: str = "kl"
     # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
     # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
@@ -141,8 +130,47 @@ class Config:
 SOURCE_KINDS = ("hf", "gguf_package")
 CALIBRATION_SOURCES = ("boolq", "wikitext2", "alpaca", "jsonl")
 ALLOCATIONS = ("bi", "uniform", "error", "validated")
-SEQUENTIAL_TARGETS = ("layer", "dense")
 TEMPERATURE_ALLOCATIONS = ("bi",)  # allocations that read compression.temperature
+
+# Options retired by the project's rule (keep the paper's algorithm, every part of the default, and an option only if
+# it is the best by more than 2% perplexity at some measured rate among those kept: docs/solver.md "Retired options",
+# the measurements in docs/results.md). "key": gone from the schema; "key=value": a value refused (of a kept key, or of
+# a retired one for a message of its own). Each: why, and what to do instead.
+RETIRED: dict[str, tuple[str, str]] = {
+    "compression.mlp_selection=greedy": ("it lost to leverage", "remove it (leverage is the only Type-I selection)"),
+    "compression.mlp_selection=energy": ("it lost to leverage", "remove it (leverage is the only Type-I selection)"),
+    "compression.mlp_selection": ("greedy and energy lost to leverage, the paper's and the only Type-I selection left",
+                                  "remove it"),
+    "calibration.fisher": ("the Fisher-weighted sums lost to the plain ones, and the gradient-energy scale to kl, "
+                           "which needs no backward pass at capture", "remove it"),
+    "compression.fisher_mix": ("Fisher-weighted correlations lost to the plain ones", "remove it"),
+    "compression.curve_scale=fisher": ("it lost to kl, which needs no backward pass at capture",
+                                       "use compression.curve_scale=kl"),
+    "compression.curve_scale=kl-error": ("it never beat kl by more than 2% among the options kept",
+                                         "use compression.curve_scale=kl"),
+    "compression.sequential_target=dense": ("it lost to layer, each layer's own output", "remove it"),
+    "compression.sequential_target": ("compression.sequential=true refits each layer's own output, the only target "
+                                      "left", "remove it"),
+}
+
+
+def retired(override: str) -> str | None:
+    """The one-line refusal of a Hydra override (``key=value``, ``+key=value``, a sweep ``key=a,b``) that names a
+    retired key or value, else None."""
+    key, _, value = override.lstrip("+~").partition("=")
+    for name in (*(f"{key}={v.strip()}" for v in value.split(",")), key):
+        if name in RETIRED:
+            why, instead = RETIRED[name]
+            return f"{name} was retired ({why}: docs/results.md): {instead}"
+    return None
+
+
+def refuse_retired(overrides: list[str]) -> None:
+    """Raise a one-line ConfigError for the first override that names a retired key or value (before Hydra composes:
+    a key gone from the schema would fail there in several lines)."""
+    for override in overrides:
+        if (message := retired(override)) is not None:
+            raise ConfigError(message)
 
 
 def register_configs() -> None:
@@ -166,8 +194,25 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     _check(value in choices, key, value, "one of " + ", ".join(choices))
 
 
+def _refuse_retired_values(cfg: DictConfig | Config) -> None:
+    """A retired value of a kept key (``RETIRED``'s ``key=value`` entries), from a config composed without the CLI's
+    check of the overrides (a YAML of the user's, ``params.yaml``), and a retired curve scale among the candidates."""
+    for name in RETIRED:
+        key, _, value = name.partition("=")
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if value and isinstance(node, str) and node == value:
+            raise ConfigError(retired(name) or name)
+    candidates = list(cfg.compression.candidates)
+    for name in candidates:
+        if (line := retired(f"compression.curve_scale={name}")) is not None:
+            raise ConfigError(f"compression.candidates={candidates!r} names a retired curve scale: {line}")
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
+    _refuse_retired_values(cfg)
     # The modules that own each list decide the choices (imported here: some pull in torch, which composing a
     # config needs not).
     from pipeline.adapters import families
@@ -200,44 +245,27 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
            "to the model in memory: a method that can write a solved layer into its block)")
-    from pipeline.modegpt import REFITS, SELECTIONS
+    from pipeline.modegpt import REFITS
 
-    _check_choice("compression.mlp_selection", k.mlp_selection, SELECTIONS)
     _check_choice("compression.mlp_refit", k.mlp_refit, REFITS)
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
            "and can write a solved layer into its block)")
-    _check_choice("compression.sequential_target", k.sequential_target, SEQUENTIAL_TARGETS)
-    _check(k.sequential_target == "layer" or (k.sequential and k.method == "modegpt"), "compression.sequential_target",
-           k.sequential_target, "layer unless compression.sequential=true and compression.method=modegpt")
     from pipeline.solver import CURVE_SCALES
 
     _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
-    # Read only by allocation=error (the error curves' unit), like temperature only by bi.
-    _check(k.allocation != "error" or k.curve_scale != "fisher" or c.fisher, "compression.curve_scale",
-           k.curve_scale,
-           "residual, kl or kl-error unless calibration.fisher=true (the store then holds the gradient energies)")
     from pipeline.solve_identity import RULES
 
     candidates = (*CURVE_SCALES, *RULES)
     for name in k.candidates:
         _check(name in candidates, "compression.candidates", list(k.candidates),
                "a list among " + ", ".join(candidates))
-        _check(name != "fisher" or c.fisher, "compression.candidates", list(k.candidates),
-               "no fisher unless calibration.fisher=true (the store then holds the gradient energies)")
     _check(len(set(k.candidates)) == len(k.candidates) and (k.allocation != "validated" or len(k.candidates) > 0),
            "compression.candidates", list(k.candidates), "distinct names, at least one with allocation=validated")
     _check(k.validation_sequences > 0, "compression.validation_sequences", k.validation_sequences,
            "a positive integer")
     _check(k.allocation != "validated" or not k.sequential, "compression.allocation", k.allocation,
            "error, bi or uniform with compression.sequential=true (validation solves every candidate from the store)")
-    _check(k.sequential_target == "layer" or not k.fisher_mix, "compression.sequential_target", k.sequential_target,
-           "layer with compression.fisher_mix > 0 (the cross-correlation the dense target reads is not weighted)")
-    _check(0.0 <= k.fisher_mix <= 1.0, "compression.fisher_mix", k.fisher_mix, "a number in [0, 1]")
-    _check(not k.fisher_mix or c.fisher, "compression.fisher_mix", k.fisher_mix,
-           "0 unless calibration.fisher=true (the store then holds the Fisher-weighted sums)")
-    _check(not k.fisher_mix or k.method == "modegpt", "compression.fisher_mix", k.fisher_mix,
-           f"0 with compression.method={k.method} (only modegpt reads the Fisher-weighted sums)")
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:
         _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")
@@ -283,9 +311,11 @@ def validate(cfg: DictConfig | Config) -> None:
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """The job config for ``overrides``, composed from the packaged ``conf/`` as the CLI does (not validated)."""
+    """The job config for ``overrides``, composed from the packaged ``conf/`` as the CLI does (not validated; a retired
+    key or value is refused: ``refuse_retired``)."""
     from hydra import compose, initialize_config_module
 
+    refuse_retired(list(overrides or []))
     register_configs()
     with initialize_config_module(config_module="conf", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides or []))

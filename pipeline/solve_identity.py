@@ -22,10 +22,7 @@ PROBE_VERSION = 4
 PROBE_SEQUENCES = 32  # calibration sequences probed (the first ones; fewer where the calibration has fewer)
 PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
 PROBE_SEED = 0
-# compression.curve_scale values measured by the KL probe, and the kept MLP fractions whose Type-I error
-# covariances shape kl-error's noise
-PROBED_SCALES = ("kl", "kl-error")
-ERROR_PROBE_FRACTIONS = (0.25, 0.5, 0.75)
+PROBED_SCALES = ("kl",)  # compression.curve_scale values measured by the KL probe
 # 1: held-out windows are the calibration permutation's next ones; mean KL(dense ‖ candidate) per token
 VALIDATION_VERSION = 1
 # Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead
@@ -33,6 +30,9 @@ SWEEP_FIELDS = ("rate", "rates")
 # Compression fields only allocation=validated reads: part of a solve's key, not of the curves and probe it reads
 VALIDATION_FIELDS = ("candidates", "validation_sequences")
 RULES = ("bi", "uniform")  # candidates of allocation=validated that are allocations of their own (no curves)
+# Compression fields retired with one value left (pipeline.config.RETIRED), at that value: the keys keep them, so
+# what was solved before they went keeps its name and manifest (the code left computes what that value did)
+RETIRED_FIELDS: dict[str, Any] = {"mlp_selection": "leverage", "sequential_target": "layer", "fisher_mix": 0.0}
 
 
 def _plain(value: Any) -> Any:
@@ -40,11 +40,12 @@ def _plain(value: Any) -> Any:
 
 
 def compression_fields(compression: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Every field of the compression schema but the sweep's (and ``skip``), as plain values."""
+    """Every field of the compression schema but the sweep's (and ``skip``), as plain values, and the retired ones
+    at the value that stayed (``RETIRED_FIELDS``)."""
     from pipeline.config import CompressionConfig
 
-    return {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
-            if f.name not in SWEEP_FIELDS + skip}
+    return RETIRED_FIELDS | {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
+                             if f.name not in SWEEP_FIELDS + skip}
 
 
 def candidate(compression: Any, name: str) -> Any:
@@ -59,17 +60,13 @@ def candidate(compression: Any, name: str) -> Any:
 
 
 def probe_key(compression: Any) -> dict[str, Any] | None:
-    """The KL probe's key (None when the solve runs no probe). The isotropic probe depends on the tokens and model
-    only (the store, which callers add), so every solver setting shares it; kl-error's noise is shaped by the
-    error curves' keep order, so its key holds every compression field too."""
+    """The KL probe's key (None when the solve runs no probe). The probe depends on the tokens and model only (the
+    store, which callers add), so every solver setting shares it."""
     k = compression
     if k.allocation != "error" or k.curve_scale not in PROBED_SCALES:
         return None
     key: dict[str, Any] = {"curve_scale": k.curve_scale, "version": PROBE_VERSION, "sequences": PROBE_SEQUENCES,
                            "positions": PROBE_POSITIONS, "seed": PROBE_SEED}
-    if k.curve_scale == "kl-error":
-        key |= {"error_probe_fractions": list(ERROR_PROBE_FRACTIONS),
-                "compression": compression_fields(k, VALIDATION_FIELDS)}
     return key
 
 

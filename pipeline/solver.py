@@ -28,9 +28,8 @@ from pipeline.modegpt import (
     cr_select,
     fold_value_bias,
     head_output_energy,
-    keep_order,
     kept_dim,
-    mlp_error_covariance,
+    leverage_keep_order,
     nested_mlp_residuals,
     nystrom_mlp,
     qk_error_curve,
@@ -40,7 +39,7 @@ from pipeline.modegpt import (
     vo_svd,
 )
 from pipeline.plan import LayerPlan, LayerSolution
-from pipeline.solve_identity import ERROR_PROBE_FRACTIONS, PROBED_SCALES
+from pipeline.solve_identity import PROBED_SCALES
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +49,9 @@ MODULE_ORDER = ("mlp", "qk", "vo")  # the order of a layer's widths in LayerPlan
 # activation: its correlation entries dwarf the rest, and the solve leans on the floors and ridges below.
 MASSIVE_RATIO = 1e4
 
-# compression.curve_scale: the unit of the module error curves (allocation=error); kl and kl-error (PROBED_SCALES)
-# are measured by the KL probe (pipeline.capture.sensitivity), which the solve stage runs before the curves
-CURVE_SCALES = ("residual", "fisher", "kl", "kl-error")
+# compression.curve_scale: the unit of the module error curves (allocation=error); kl (PROBED_SCALES) is measured by
+# the KL probe (pipeline.capture.sampled_fisher), which the solve stage runs before the curves
+CURVE_SCALES = ("residual", "kl")
 
 
 @dataclass(frozen=True)
@@ -61,10 +60,8 @@ class SolverSettings:
     nystrom_ridge: float = 1e-6
     eig_floor: float = 1e-8
     round_to: int = 1
-    mlp_selection: str = "leverage"  # leverage (the paper) | greedy (backward elimination on the residual)
     mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
-    # error curves in units of: residual (E 1/‖h‖²) | fisher (E ‖∂L/∂y‖²) | kl | kl-error (a KL probe's tr F, or
-    # its d · tr(F Σ)/tr Σ with Σ the Type-I error covariance: ``stats["sensitivity"]``)
+    # error curves in units of: residual (E 1/‖h‖²) | kl (a KL probe's tr F: ``stats["sensitivity"]``)
     curve_scale: str = "residual"
 
     @classmethod
@@ -266,11 +263,8 @@ def solve_modegpt_layer(
 
     # C W_D serves three times: the Nyström right-hand side (its rows J), the MLP output energy, and the error.
     corr_down = mlp_corr @ dense.down
-    # Sequential calibration toward the dense model (compression.sequential_target=dense): E[h h_denseᵀ] W_D.
-    target_down = stats["mlp_cross"] / tokens @ dense.down if "mlp_cross" in stats else None
     mlp = nystrom_mlp(mlp_corr, dense.down, plan.mlp_width, settings.ridge_lambda, settings.nystrom_ridge,
-                      corr_w=corr_down, selection=settings.mlp_selection, refit=settings.mlp_refit, tokens=tokens,
-                      target_w=target_down)
+                      corr_w=corr_down, refit=settings.mlp_refit, tokens=tokens)
     mlp_energy = (dense.down * corr_down).sum()
     mlp_error = mlp_quadratic_error(mlp_corr, dense.down, corr_down, mlp.index, mlp.w_down) / mlp_energy
 
@@ -301,49 +295,28 @@ def _min_keep(full: int, max_sparsity: float) -> int:
     return max(1, math.ceil((1.0 - max_sparsity) * full))
 
 
-def _mlp_keep_order(mlp_corr: Tensor, dense: DenseLayer, corr_down: Tensor, settings: SolverSettings,
-                    max_sparsity: float) -> Tensor:
-    """The MLP columns in the keep order of the error curves (valid down to max_sparsity)."""
-    return keep_order(mlp_corr, dense.down, settings.mlp_selection, _min_keep(mlp_corr.shape[0], max_sparsity),
-                      settings.ridge_lambda, settings.nystrom_ridge, corr_w=corr_down)
-
-
-def mlp_error_reference(stats: dict[str, Tensor], dense: DenseLayer, settings: SolverSettings,
-                        max_sparsity: float) -> Tensor:
-    """[d, d], trace 1 (FP64): the shape of the layer's Type-I output-error covariance, with the error curves'
-    keep order, averaged over ``ERROR_PROBE_FRACTIONS`` of the MLP width (``curve_scale=kl-error``'s probe noise)."""
-    mlp_corr = stats["mlp_gram"] / float(stats["tokens"])
-    corr_down = mlp_corr @ dense.down
-    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
-    return mlp_error_covariance(mlp_corr, dense.down, order, ERROR_PROBE_FRACTIONS, settings.nystrom_ridge,
-                                corr_w=corr_down)
-
-
 def module_error_curves(stats: dict[str, Tensor], dense: DenseLayer, shape: BlockShape, settings: SolverSettings,
                         max_sparsity: float) -> dict[str, ModuleCurve]:
     """Each module's output error against its kept width, as a relative change of the residual stream.
 
     A module's error E‖e‖² (per token, the solver's own objective) is scaled by E[1/‖h‖²] of the residual stream
     it is added to, because the next norm divides by ‖h‖: the same absolute error matters less where the stream
-    is large. ``settings.curve_scale="fisher"`` scales by E‖∂L/∂y‖² at the module's output instead (the loss's own
-    sensitivity, isotropic part: ΔL ≈ ½ E[(gᵀe)²] ≈ ½ E‖g‖² E‖e‖² / d), which also sees how errors propagate through
-    the layers above; ``"kl"`` by the same trace estimated from forward passes (``stats["sensitivity"]``), and
-    ``"kl-error"`` by that probe with its MLP-output noise shaped like the Type-I error (``mlp_error_reference``).
+    is large. ``settings.curve_scale="kl"`` scales by tr F at the module's output instead, F the Fisher of the
+    model's own predictions there (``stats["sensitivity"]``, from the KL probe), which also sees how errors propagate
+    through the layers above.
     Modules the family does not let MoDeGPT cut offer only their full width.
     """
     heads = shape.heads
     tokens = float(stats["tokens"])
     mlp_corr, attn_corr = stats["mlp_gram"] / tokens, stats["attn_gram"] / tokens
-    if settings.curve_scale == "fisher":
-        attn_scale, mlp_scale = (float(stats[f"fisher_{s}_weight"]) / tokens for s in ("attn", "mlp"))
-    elif settings.curve_scale in PROBED_SCALES:  # the caller adds the layer's [attention, MLP] sensitivities
+    if settings.curve_scale in PROBED_SCALES:  # the caller adds the layer's [attention, MLP] sensitivities
         attn_scale, mlp_scale = (float(s) for s in stats["sensitivity"])
     else:
         attn_scale, mlp_scale = float(stats["inv_resid_in"]) / tokens, float(stats["inv_resid_out"]) / tokens
 
     full_mlp = shape.intermediate_size
     corr_down = mlp_corr @ dense.down
-    order = _mlp_keep_order(mlp_corr, dense, corr_down, settings, max_sparsity)
+    order = leverage_keep_order(mlp_corr, settings.ridge_lambda)
     mlp_err = nested_mlp_residuals(mlp_corr, dense.down, order, settings.nystrom_ridge, corr_w=corr_down)
     widths = torch.arange(full_mlp + 1, device=mlp_err.device)
     mlp_err = torch.where(widths % settings.round_to == 0, mlp_err, torch.full_like(mlp_err, math.inf))

@@ -29,7 +29,6 @@ from pipeline.artifacts import (
     write_manifest,
 )
 from pipeline.capture import CorrelationStore, LayerWriter, stat_shapes
-from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.runner import capture_layers
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.inputs import check_model_source
@@ -120,8 +119,7 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
     if rank == 0:
         paths.store.mkdir(parents=True, exist_ok=True)
         write_manifest(paths.store, expected)  # status partial until every layer is recorded
-        store.create_arrays(num_layers, stat_shapes(shape.hidden_size, shape.intermediate_size, adapter.head_layout(),
-                                                    fisher=cfg.calibration.fisher))
+        store.create_arrays(num_layers, stat_shapes(shape.hidden_size, shape.intermediate_size, adapter.head_layout()))
     _barrier(world)
     done = set(store.completed_layers(fp))
     start = next((i for i in range(num_layers) if i not in done), num_layers)
@@ -130,8 +128,6 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
     t0 = time.perf_counter()
     if start < num_layers:
         shard = input_ids[rank::world]
-        weights = (token_gradient_weights(adapter, shard, cfg.calibration.batch_size, _device(cfg, world))
-                   if cfg.calibration.fisher else None)
         # Layer i is written in the background while layer i + 1 is captured (rank 0 writes).
         with LayerWriter(store, fp) as writer:
 
@@ -141,7 +137,7 @@ def _capture(cfg: Any, paths: ArtifactPaths, store: CorrelationStore, expected: 
                 _barrier(world)
 
             capture_layers(adapter, shard, sink, _device(cfg, world), cfg.calibration.batch_size, start,
-                           token_weights=weights, precision=cfg.calibration.product_precision)
+                           precision=cfg.calibration.product_precision)
     if rank == 0:
         expected.status = COMPLETE
         expected.extra = {"tokens": int(input_ids.numel()), "layers": num_layers, "world_size": world,

@@ -22,7 +22,7 @@ from pipeline.artifacts.expected import ASSEMBLE, EVALUATE, EXPORT, REPORT, STAG
 from pipeline.artifacts.legacy import refuse_old_layout
 from pipeline.assets import AssetError
 from pipeline.calibration import CalibrationError
-from pipeline.config import ConfigError, compose_config, register_configs, validate
+from pipeline.config import ConfigError, compose_config, refuse_retired, register_configs, validate
 from pipeline.evaluation.tasks import UnknownTaskError
 from pipeline.export import export_refusal
 from pipeline.export.layout import ExportError
@@ -133,6 +133,7 @@ def run_command(name: str, args: list[str]) -> None:
                          + (f": expected {', '.join(allowed)}" if allowed else ""))
     if names and not takes_names:
         raise SystemExit(f"modegpt: error: {name} takes only key=value overrides, got {names[0]!r}")
+    _check_retired(overrides)
     register_configs()
     try:
         cfg = compose_config(overrides)
@@ -161,6 +162,15 @@ def _one_line(exc: BaseException) -> str:
     if rest and rest[0].startswith("Available options"):
         return f"{head}: {rest[0].rstrip(':').lower()}: {', '.join(rest[1:])}"
     return "; ".join([head, *rest])
+
+
+def _check_retired(args: list[str]) -> None:
+    """Overrides that name a retired option (``pipeline.config.RETIRED``), refused in one line before Hydra composes
+    (a key gone from the schema would fail there in several), for single runs and sweeps alike."""
+    try:
+        refuse_retired([a for a in args if not a.startswith("-")])
+    except ConfigError as e:
+        raise SystemExit(f"modegpt: error: {e}") from None
 
 
 def _precheck(overrides: list[str]) -> None:
@@ -214,6 +224,7 @@ def main() -> None:
     if stage not in names:
         raise SystemExit(f"modegpt: error: unknown stage {stage!r}: expected one of "
                          f"{', '.join([*names, *COMMANDS])}")
+    _check_retired(rest)
     register_configs()
     multirun = any(a in ("-m", "--multirun") for a in rest)
     if not multirun and not any(a.startswith("-") for a in rest):

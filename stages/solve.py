@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,9 @@ from pipeline.artifacts import (
     resolve_rate,
     write_manifest,
 )
-from pipeline.capture import STAT_NAMES, fisher_mixed
-from pipeline.capture.fisher import token_gradient_weights
 from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.capture.runner import capture_layers
 from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
-from pipeline.capture.sensitivity import noise_factor
 from pipeline.dense import load_model, peak_device_memory, resolve_device
 from pipeline.methods import Method, method_named
 from pipeline.modegpt import ModuleCurve
@@ -54,10 +51,6 @@ from pipeline.solve_identity import PROBED_SCALES, candidate, curves_key, probe_
 from pipeline.solver import SolverSettings, removed_share
 
 log = logging.getLogger(__name__)
-
-# curve_scale=kl-error keeps every layer's probe-noise factor in memory between probe batches while they take at
-# most this much (d² float32 per layer: SmolLM2 40 MB); above it (70B models: 21 GB) each batch recomputes them
-NOISE_FACTOR_CACHE_BYTES = 1 << 30
 
 
 def run(cfg: Any, rate: float | None = None) -> Path:
@@ -138,20 +131,12 @@ def _solve_from_store(cfg: Any, store: Any, method: Method, adapter: Any, plans:
     todo = [i for i in range(num_layers) if i not in errors]
     # The next layer's sums load in the background while this one is solved (weights-only methods need none).
     layer_sums: Iterator[tuple[int, dict[str, torch.Tensor] | None]] = (
-        store.iter_layers(todo, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        store.iter_layers(todo, verify=cfg.verify_store)
         if method.needs_store else ((i, None) for i in todo))
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
         for index, sums in progress(layer_sums, desc=f"solve r={target_rate:g}", unit="layer", total=num_layers,
                                     initial=len(errors)):
-            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target,
-                                         cfg.compression.fisher_mix)
-
-
-def _stored_sums_read(cfg: Any) -> tuple[str, ...] | None:
-    """The store arrays a solve reads: all of them, but a Fisher store's fisher_* sums only when used."""
-    k = cfg.compression
-    scales = k.candidates if k.allocation == "validated" else [k.curve_scale]
-    return None if k.fisher_mix or "fisher" in scales else STAT_NAMES
+            errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
 
 def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerPlan], settings: SolverSettings,
@@ -164,27 +149,21 @@ def _solve_sequential(cfg: Any, method: Method, adapter: Any, plans: list[LayerP
     if start == num_layers:
         return
     input_ids, _ = load_tokens(cfg)
-    mix = cfg.compression.fisher_mix
-    # The loss gradients of the dense model weight every layer's sums (taken before any block is rewritten).
-    weights = token_gradient_weights(adapter, input_ids, cfg.calibration.batch_size, device) if mix else None
 
     def solve(index: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
         log.info("sequential capture of layer %d/%d: %.2f s", index + 1, num_layers, seconds)
-        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target, mix)
+        errors[index] = _solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
     def compress(index: int) -> None:
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
-    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
-                   token_weights=weights, dense_reference=cfg.compression.sequential_target == "dense")
+    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress)
 
 
 def _solve_layer(method: Method, adapter: Any, index: int, sums: dict[str, torch.Tensor] | None, plan: LayerPlan,
-                 settings: SolverSettings, device: torch.device, target: Path, fisher_mix: float = 0.0
-                 ) -> dict[str, float]:
+                 settings: SolverSettings, device: torch.device, target: Path) -> dict[str, float]:
     """Solve one layer and write its factors atomically; returns its reconstruction errors."""
     start = time.perf_counter()
-    sums = None if sums is None else fisher_mixed(sums, fisher_mix)
     tensors, err = method.solve_layer(adapter.layer(index), adapter, sums, plan, settings, device)
     with atomic_path(layer_file(target, index)) as tmp:
         save_file(tensors, str(tmp), metadata={"errors": json.dumps(err)})
@@ -205,14 +184,13 @@ def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter
     if path.exists():
         log.info("reusing module error curves %s", path)
         return curves_from_tensors(load_file(str(path)), adapter.num_layers)
-    sensitivity = (_output_sensitivity(cfg, k, store, store_fingerprint, adapter, method, settings, device)
+    sensitivity = (_output_sensitivity(cfg, k, store_fingerprint, adapter, device)
                    if k.curve_scale in PROBED_SCALES else None)
     curves = []
-    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store, names=_stored_sums_read(cfg))
+    layers = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
     with contextlib.closing(layers):
         for index, sums in progress(layers, desc="error curves", unit="layer", total=adapter.num_layers):
             start = time.perf_counter()
-            sums = fisher_mixed(sums, k.fisher_mix)
             if sensitivity is not None:
                 sums = sums | {"sensitivity": sensitivity[index]}
             curves.append(method.module_curves(adapter.layer(index), adapter, sums, settings, k.max_sparsity, device))
@@ -222,11 +200,11 @@ def _module_curves(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter
     return curves
 
 
-def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, adapter: Any, method: Method,
-                        settings: SolverSettings, device: torch.device) -> torch.Tensor:
-    """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the isotropic
-    probe (``kl``) depends on the calibration tokens and the model only, so every solver setting under it reuses
-    one probe, the dearest part of the curves."""
+def _output_sensitivity(cfg: Any, k: Any, store_fingerprint: str, adapter: Any, device: torch.device
+                        ) -> torch.Tensor:
+    """The KL probe's [layers, 2] sensitivities, in a file of their own, keyed by ``probe_key``: the probe depends
+    on the calibration tokens and the model only, so every solver setting reuses one probe, the dearest part of the
+    curves."""
     key = {"store": store_fingerprint, **(probe_key(k) or {})}
     path = ArtifactPaths(cfg).output_sensitivity(fingerprint(key))
     made_for = json.dumps(key, sort_keys=True)
@@ -238,36 +216,11 @@ def _output_sensitivity(cfg: Any, k: Any, store: Any, store_fingerprint: str, ad
             log.info("reusing the KL probe's sensitivities %s", path)
             return sensitivity
         log.warning("%s was made for another store or probe setting: probing again", path)
-    factors = (_mlp_noise_factors(cfg, k, store, adapter, method, settings, device)
-               if k.curve_scale == "kl-error" else None)
     sensitivity = sampled_fisher_sensitivity(adapter, load_tokens(cfg)[0], cfg.calibration.batch_size, device,
-                                             sequences=solve_identity.PROBE_SEQUENCES, mlp_noise_factor=factors)
+                                             sequences=solve_identity.PROBE_SEQUENCES)
     with atomic_path(path) as tmp:
         save_file({"sensitivity": sensitivity.contiguous()}, str(tmp), metadata={"key": made_for})
     return sensitivity
-
-
-def _mlp_noise_factors(cfg: Any, k: Any, store: Any, adapter: Any, method: Method, settings: SolverSettings,
-                       device: torch.device) -> Callable[[int], torch.Tensor]:
-    """curve_scale=kl-error: layer l's MLP-output noise factor for the probe, from its Type-I error covariance (the
-    store's MLP correlation, the dense down projection and the error curves' keep order), made when asked."""
-    d = adapter.block_shape().hidden_size
-    keep = adapter.num_layers * d * d * 4 <= NOISE_FACTOR_CACHE_BYTES
-    cache: dict[int, torch.Tensor] = {}
-
-    def factor(index: int) -> torch.Tensor:
-        if index in cache:
-            return cache[index]
-        sums = store.read_layer(index, verify=cfg.verify_store,
-                                names=None if k.fisher_mix else ("mlp_gram", "tokens"))
-        covariance = method.mlp_error_reference(adapter.layer(index), adapter, fisher_mixed(sums, k.fisher_mix),
-                                                settings, k.max_sparsity, device)
-        result = noise_factor(covariance).cpu()
-        if keep:
-            cache[index] = result
-        return result
-
-    return factor
 
 
 def _candidate_views(k: Any) -> dict[str, Any]:
@@ -300,13 +253,12 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
     files: dict[str, dict[int, Path]] = {name: {} for name in candidates}
 
     def variants(index: int) -> dict[str, dict[str, torch.Tensor]]:
-        sums = store.read_layer(index, verify=cfg.verify_store, names=_stored_sums_read(cfg))
+        sums = store.read_layer(index, verify=cfg.verify_store)
         solved: dict[str, Path] = {}  # one solve per distinct plan of this layer
         for name, plans in candidates.items():
             plan = json.dumps(plans[index].to_json(), sort_keys=True)
             if plan not in solved:
-                _solve_layer(method, adapter, index, sums, plans[index], settings, device, scratch / name,
-                             k.fisher_mix)
+                _solve_layer(method, adapter, index, sums, plans[index], settings, device, scratch / name)
                 solved[plan] = layer_file(scratch / name, index)
             files[name][index] = solved[plan]
         loaded = {path: load_file(str(path)) for path in solved.values()}

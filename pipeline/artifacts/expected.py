@@ -24,7 +24,6 @@ from .manifest import COMPLETE, Manifest
 PREPARE, CONVERT_VERSION = "prepare", "convert-1"
 TOKENIZE, TOKENIZE_VERSION = "tokenize", "tokenize-1"
 CAPTURE, CAPTURE_VERSION = "capture", "capture-1"
-FISHER_VERSION = 2  # the calibration.fisher sums (a store config key only when on)
 SOLVE, SOLVE_VERSION = "solve", "solve-3"  # 3: the key holds every compression field and the curves' and probe's
 ASSEMBLE, ASSEMBLE_VERSION = "assemble", "assemble-2"  # 2: the attention finds the KV cache by type (transformers 5.24)
 EXPORT, EXPORT_VERSION = "export", "export-1"
@@ -91,10 +90,7 @@ def expected_store(cfg: Any, tokens_fingerprint: str) -> Manifest:
     return Manifest(
         stage=CAPTURE,
         code_version=CAPTURE_VERSION,
-        # "fisher" only when on: stores captured before the option existed keep their fingerprint. Its value is
-        # the Fisher sums' own version (2: raw gradient weights and their sums), bumped when they change.
-        config={"dtype": cfg.model.dtype} | ({"fisher": FISHER_VERSION} if cfg.calibration.fisher else {})
-        | _products(cfg),
+        config={"dtype": cfg.model.dtype} | _products(cfg),
         inputs={"tokens": tokens_fingerprint, "model": model_fingerprint(cfg)},
     )
 

@@ -115,7 +115,7 @@ def _solve_file_entry(f: Path, key: str) -> Entry:
             made_for = json.loads((handle.metadata() or {}).get("key", "{}"))
         # the curves' key nests the compression fields; the probe's holds curve_scale at the top
         fields = made_for | made_for.get("compression", {})
-        produced = " ".join(f"{k}={_value(fields[k])}" for k in ("store", "method", "mlp_selection", "curve_scale")
+        produced = " ".join(f"{k}={_value(fields[k])}" for k in ("store", "method", "curve_scale")
                             if k in fields)
     kind = f.name.split("-", 1)[0]
     return Entry(f, key, kind, "complete", f.stat().st_size, produced)

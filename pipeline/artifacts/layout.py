@@ -122,10 +122,9 @@ class ArtifactPaths:
     @property
     def run_key(self) -> str:
         """The store's key (tokens + forward dtype, capture's config), which everything solved from it shares."""
-        fisher = "-fisher" if self.cfg.calibration.fisher else ""  # a store with the fisher_* sums as well
         precision = self.cfg.calibration.product_precision
         products = "" if precision == "fp64" else f"-{precision}products"  # products formed below FP64
-        return f"{self.calibration_key}-{self.cfg.model.dtype}{fisher}{products}"
+        return f"{self.calibration_key}-{self.cfg.model.dtype}{products}"
 
     @property
     def run_root(self) -> Path:
@@ -174,7 +173,7 @@ class ArtifactPaths:
         return self.solves / f"curves-{key[:12]}.safetensors"
 
     def output_sensitivity(self, key: str) -> Path:
-        """The KL probe's per-module sensitivities of one store and probe setting (``curve_scale=kl``, ``kl-error``),
+        """The KL probe's per-module sensitivities of one store and probe setting (``curve_scale=kl``),
         shared by every solver setting whose curves they scale."""
         return self.solves / f"sensitivity-{key[:12]}.safetensors"
 
@@ -268,7 +267,7 @@ class ArtifactPaths:
 # `modegpt ls` marks an artifact found anywhere else as the old layout.
 _H = f"[0-9a-f]{{{KEY_HEX}}}"
 _M = rf"[^/]+-{_H}"
-_RUN = rf"{_M}/[^/]+-\d+x\d+-seed\d+-{_H}-[a-z0-9]+(-fisher)?(-[a-z0-9]+products)?"  # run_key (ArtifactPaths)
+_RUN = rf"{_M}/[^/]+-\d+x\d+-seed\d+-{_H}-[a-z0-9]+(-[a-z0-9]+products)?"  # run_key (ArtifactPaths)
 CURRENT_LAYOUT = {
     "model": re.compile(rf"models/{_M}"),
     "tokens": re.compile(rf"{_M}/calib/[^/]+-\d+x\d+-seed\d+-{_H}"),

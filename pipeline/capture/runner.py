@@ -30,18 +30,6 @@ def _all_reduce(stats: LayerStats) -> None:
             dist.all_reduce(t)
 
 
-def _run_catching_mlp_hidden(adapter: ModelAdapter, index: int, block: torch.nn.Module, hidden: torch.Tensor,
-                            kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The block's output and its MLP activation (the down projection's input) for ``hidden``."""
-    caught: list[torch.Tensor] = []
-    handle = adapter.layer(index).mlp_hidden.register_forward_pre_hook(lambda m, args: caught.append(args[0]))
-    try:
-        out = adapter.run_block(block, hidden, kwargs)
-    finally:
-        handle.remove()
-    return out, caught[0]
-
-
 @torch.no_grad()
 def capture_layers(
     adapter: ModelAdapter,
@@ -51,8 +39,6 @@ def capture_layers(
     batch_size: int,
     start_layer: int = 0,
     rewrite: BlockRewrite | None = None,
-    token_weights: torch.Tensor | None = None,
-    dense_reference: bool = False,
     precision: str = "fp64",
 ) -> None:
     """Run the dense model block by block over ``input_ids`` and hand each layer's FP64 sums to ``sink``.
@@ -62,25 +48,19 @@ def capture_layers(
     ``rewrite(index)``, when given, changes block ``index`` in place after its sums reached ``sink`` (and before
     a replay): the next block's inputs are then the rewritten block's outputs, which is sequential calibration
     (each layer's statistics taken on the outputs of the already-compressed layers below it).
-    ``token_weights`` [layers, 2, N, L] (see :mod:`pipeline.capture.fisher`) adds the ``fisher_*`` sums.
-    ``dense_reference`` (with ``rewrite``) also carries the unrewritten model's hidden states alongside and adds
-    ``mlp_cross``: each layer's MLP activations against the dense model's on the same tokens.
     ``precision``: of each batch's Gram products (``PRODUCT_PRECISIONS``), added to FP64 sums.
     Under torch.distributed each rank passes its own shard of samples; sums are all-reduced before
     ``sink`` is called (on every rank: the caller decides who writes).
     """
     heads, shape = adapter.head_layout(), adapter.block_shape()
-    shapes = stat_shapes(shape.hidden_size, shape.intermediate_size, heads, fisher=token_weights is not None,
-                         cross=dense_reference)
+    shapes = stat_shapes(shape.hidden_size, shape.intermediate_size, heads)
     adapter.move_non_layer_modules(device)
     hidden: list[torch.Tensor] = []
     block_kwargs: dict[int, dict] = {}  # the keyword arguments blocks get depend only on the batch shape
-    rows = [slice(a, a + batch_size) for a in range(0, input_ids.shape[0], batch_size)]
     for batch in input_ids.split(batch_size):
         h, kwargs = adapter.block_inputs(batch.to(device))
         hidden.append(h)
         block_kwargs.setdefault(batch.shape[0], kwargs)
-    reference = [h.clone() for h in hidden] if dense_reference else None  # the dense model's stream
     tokens_per_layer = input_ids.numel()
     layers = adapter.decoder_layers()
     bar = tqdm(range(len(layers)), desc="capture", unit="layer", disable=None)
@@ -90,9 +70,6 @@ def capture_layers(
         block.to(device)
         start = time.perf_counter()
         if index < start_layer:
-            if reference is not None:  # the dense block first: rewrite changes it
-                for i, h in enumerate(reference):
-                    reference[i] = adapter.run_block(block, h, block_kwargs[h.shape[0]])
             if rewrite is not None:
                 rewrite(index)
             for i, h in enumerate(hidden):
@@ -103,14 +80,6 @@ def capture_layers(
         stats = LayerStats.zeros(shapes, device)
         with LayerStatsCollector(adapter.layer(index), heads, stats, precision) as collector:
             for i, h in enumerate(hidden):
-                if reference is not None:
-                    collector.paused = True
-                    reference[i], dense_mlp = _run_catching_mlp_hidden(adapter, index, block, reference[i],
-                                                                       block_kwargs[h.shape[0]])
-                    collector.paused = False
-                    collector.set_reference(dense_mlp)
-                if token_weights is not None:
-                    collector.set_token_weights(token_weights[index, :, rows[i]])
                 out = adapter.run_block(block, h, block_kwargs[h.shape[0]])
                 collector.add_block_influence(h, out)
                 if rewrite is None:

@@ -1,10 +1,10 @@
 """The KL probe's sensitivities by one backward pass (curve_scale=kl): tr F at every module's output at once.
 
-What the probe measures is the quadratic coefficient of the KL: for a perturbation δ of a module's output of
-covariance σ²Σ̂ at every position, Σ_t KL(p_t ‖ p_t^δ) ≈ ½σ² tr(Σ̂ F), F = Σ_t J_tᵀ F_t J_t the model's own Fisher
+What the probe measures is the quadratic coefficient of the KL: for an isotropic perturbation δ of a module's output
+of variance σ² at every position, Σ_t KL(p_t ‖ p_t^δ) ≈ ½σ² tr F, F = Σ_t J_tᵀ F_t J_t the model's own Fisher
 pulled back to that output (``pipeline.capture.sensitivity`` estimates 2·KL/σ² with one noisy forward pass per
 module). The same trace is an expectation over labels the model samples itself: with y_t ~ p_t drawn independently
-at every position and g = ∂ Σ_t log p_t(y_t) / ∂(the output), E‖g L̂‖² = tr(L̂ᵀ F L̂) (cross terms vanish because
+at every position and g = ∂ Σ_t log p_t(y_t) / ∂(the output), E‖g‖² = tr F (cross terms vanish because
 E_y[∂ log p_t(y)] = 0). One backward pass gives g at every module of every layer, so the probe runs one forward and
 one backward pass over its tokens instead of layers² block passes, and it is the quadratic limit exactly, with no
 noise scale to choose.
@@ -21,7 +21,7 @@ import torch
 
 from pipeline.adapters import ModelAdapter, output_source
 from pipeline.capture.output_head import OutputHead
-from pipeline.capture.sensitivity import NoiseFactor, draw_seed, run_probe
+from pipeline.capture.sensitivity import draw_seed, run_probe
 from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED, PROBE_SEQUENCES
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,8 @@ def _output_gradient(head: OutputHead, hidden: torch.Tensor, seed: int, first: i
 
 
 def _fisher_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device: torch.device, seed: int,
-                  totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None) -> None:
-    """Add one batch's Σ ‖g L̂‖² per module to ``totals`` ([layers, 2]: attention output, MLP output)."""
+                  totals: torch.Tensor) -> None:
+    """Add one batch's Σ ‖g‖² per module to ``totals`` ([layers, 2]: attention output, MLP output)."""
     blocks, layers = adapter.decoder_layers(), adapter.layers()
     with torch.no_grad():
         hidden, kwargs = adapter.block_inputs(batch)
@@ -87,26 +87,20 @@ def _fisher_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device
         finally:
             for handle in handles:
                 handle.remove()
-        factor = None if mlp_noise_factor is None else mlp_noise_factor(index)
         for site, (linear, g) in enumerate(zip(linears, grads[1:], strict=True)):
-            part = g[..., output_source(linear)[1]].double()
-            if site == 1 and factor is not None:  # shaped noise z L̂ᵀ: the trace is ‖g L̂‖²
-                part = part @ factor.to(part.device, torch.float64)
-            totals[index, site] += float(part.square().sum())
+            totals[index, site] += float(g[..., output_source(linear)[1]].double().square().sum())
         gradient = grads[0].detach()
         block.to(home)
 
 
 def sampled_fisher_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int,
                                device: torch.device, sequences: int = PROBE_SEQUENCES,
-                               positions: int = PROBE_POSITIONS, seed: int = PROBE_SEED,
-                               mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
+                               positions: int = PROBE_POSITIONS, seed: int = PROBE_SEED) -> torch.Tensor:
     """[layers, 2] float64: tr F per token at every layer's attention output (o_proj, column 0) and MLP output
     (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences`` calibration sequences:
-    the quantity ``pipeline.capture.sensitivity.output_sensitivity`` estimates by noise, in the same units.
-    ``mlp_noise_factor(l)`` ([d, d] L̂) gives tr(L̂ᵀ F L̂) at the MLP output instead (curve_scale=kl-error)."""
+    the quantity ``pipeline.capture.sensitivity.output_sensitivity`` estimates by noise, in the same units."""
     def add(batch: torch.Tensor, first: int, totals: torch.Tensor) -> None:
-        _fisher_batch(adapter, batch, first, device, seed, totals, mlp_noise_factor)
+        _fisher_batch(adapter, batch, first, device, seed, totals)
 
     return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "Fisher probe", add)
 

@@ -6,9 +6,8 @@ regime, seeds, token counts).
 
 For a small isotropic perturbation δ ~ N(0, σ²I) of a module's output, the KL divergence between the model's
 next-token distributions before and after is ½ δᵀFδ to second order, F the Fisher information of the model's own
-predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the same quantity as the
-empirical Fisher's E‖∂L/∂y‖² (``pipeline.capture.fisher``) but with the model's own predictions in place of the
-labels and no backward pass.
+predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the quantity the backward pass
+of ``pipeline.capture.sampled_fisher`` measures with labels drawn from the model's own predictions.
 
 Block by block, like the capture: one block on the device at a time. Per batch of probe sequences the clean hidden
 state and one *stream* per module perturbed so far go through each block; block l adds two streams (its attention
@@ -16,11 +15,6 @@ output and its MLP output perturbed, on the clean input). After the last block e
 distribution is compared with the clean one, a slice of positions at a time, so the vocabulary-sized logits of one
 slice are the largest tensor. Cost: about layers² block passes over the probe (the first 512 positions of the first
 8 sequences); memory: 2·layers + 1 hidden states of one batch.
-
-Shaped noise (curve_scale=kl-error): given a factor L̂ of a covariance Σ̂ normalised to trace d (``noise_factor``),
-the MLP output's noise is σ · z L̂ᵀ, z the same isotropic draws, and 2·E[KL]/σ² = tr(F Σ̂) = d · tr(F Σ)/tr Σ: still
-tr F where Σ ∝ I, so the units do not change. A factor is asked for when its block is reached (once per batch),
-never all layers' at once.
 """
 
 from __future__ import annotations
@@ -60,24 +54,10 @@ def draw_seed(seed: int, sequence: int, layer: int, site: int) -> int:
     return ((seed * 1_000_003 + sequence) * 100_003 + layer) * 2 + site
 
 
-def noise_factor(covariance: torch.Tensor) -> torch.Tensor:
-    """[d, d] float32 L̂ with L̂ L̂ᵀ = Σ̂ = covariance · d / tr(covariance): the symmetric square root (eigenvalues
-    clipped at 0, so a rank-deficient covariance is fine), for ``output_sensitivity``'s ``mlp_noise_factor``."""
-    cov = covariance.double()
-    cov = 0.5 * (cov + cov.T)
-    trace = float(torch.trace(cov))
-    if not trace > 0:
-        raise ValueError(f"a noise covariance needs a positive trace, got {trace}")
-    evals, evecs = torch.linalg.eigh(cov * (cov.shape[0] / trace))
-    return ((evecs * evals.clamp_min(0.0).sqrt()) @ evecs.T).float()
-
-
-def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: list[torch.Tensor],
-                factor: torch.Tensor | None = None) -> Any:
+def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: list[torch.Tensor]) -> Any:
     """A forward hook adding N(0, σ_b²) noise to sequence b of ``linear``'s output, σ_b = relative_noise × that
-    sequence's RMS (appended to ``sigma`` as a [batch] tensor); with ``factor`` L̂ ([d, d]) the noise is z L̂ᵀ, of
-    covariance σ² L̂ L̂ᵀ. Sequence b's isotropic draws z come from a CPU generator seeded with ``seeds[b]``, so every
-    device and every batching sees the same draws."""
+    sequence's RMS (appended to ``sigma`` as a [batch] tensor). Sequence b's draws come from a CPU generator seeded
+    with ``seeds[b]``, so every device and every batching sees the same draws."""
     _, cols = output_source(linear)
 
     def perturb(m: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
@@ -88,8 +68,6 @@ def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: lis
         draws = torch.stack([torch.randn(rows.shape[1:], generator=torch.Generator().manual_seed(s),
                                          dtype=torch.float32) for s in seeds])
         noise = (draws * sigma[-1].view(-1, 1, 1)).reshape(part.shape).to(out.device)
-        if factor is not None:
-            noise = noise @ factor.to(out.device, torch.float32).T
         out = out.clone()
         out[..., cols] += noise.to(out.dtype)
         return out
@@ -97,11 +75,8 @@ def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: lis
     return perturb
 
 
-NoiseFactor = Callable[[int], torch.Tensor | None]  # layer -> L̂ of its MLP output's noise (None: isotropic)
-
-
 def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device: torch.device, relative_noise: float,
-                 seed: int, totals: torch.Tensor, mlp_noise_factor: NoiseFactor | None = None) -> None:
+                 seed: int, totals: torch.Tensor) -> None:
     """Add one batch's 2·Σ_t KL / σ² per module to ``totals``; ``first``: the batch's first sequence index."""
     model, blocks, layers = adapter.model, adapter.decoder_layers(), adapter.layers()
     clean, kwargs = adapter.block_inputs(batch)
@@ -112,14 +87,11 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device:
         block.to(device)
         for stream in streams:
             stream.hidden = adapter.run_block(block, stream.hidden, kwargs)
-        # Only the MLP output's noise may be shaped: attention's stays isotropic (at the rates measured the
-        # module budget keeps attention whole, so its curves' scale hardly matters).
-        factors = (None, None if mlp_noise_factor is None else mlp_noise_factor(index))
         for site, linear in enumerate((layers[index].o_proj, layers[index].down_proj)):
             sigma: list[torch.Tensor] = []
             seeds = [draw_seed(seed, first + b, index, site) for b in range(batch.shape[0])]
             handle = output_source(linear)[0].register_forward_hook(
-                _perturbing(linear, relative_noise, seeds, sigma, factors[site]))
+                _perturbing(linear, relative_noise, seeds, sigma))
             try:
                 hidden = adapter.run_block(block, clean, kwargs)
             finally:
@@ -140,15 +112,12 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device:
 @torch.no_grad()
 def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
                        sequences: int = SEQUENCES, positions: int = POSITIONS, relative_noise: float = RELATIVE_NOISE,
-                       seed: int = PROBE_SEED, mlp_noise_factor: NoiseFactor | None = None) -> torch.Tensor:
+                       seed: int = PROBE_SEED) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
     0) and MLP output (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences``
-    calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was.
-
-    ``mlp_noise_factor(l)``, if given, is asked for layer l's L̂ ([d, d], L̂ L̂ᵀ of trace d: ``noise_factor``) each
-    time block l is reached; the MLP output's noise is then shaped by it (None: isotropic)."""
+    calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was."""
     def add(batch: torch.Tensor, first: int, totals: torch.Tensor) -> None:
-        _probe_batch(adapter, batch, first, device, relative_noise, seed, totals, mlp_noise_factor)
+        _probe_batch(adapter, batch, first, device, relative_noise, seed, totals)
 
     return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "KL probe", add)
 

@@ -6,7 +6,7 @@ and data-parallel ranks can simply add their sums.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,21 +20,10 @@ STAT_NAMES = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "bi_cos", "tokens
 # energies). Stores captured before they existed lack them and still solve the paper's MoDeGPT, so they are
 # optional (no capture code-version bump): the methods that read them ask for a recapture when they are missing.
 OPTIONAL_STATS = ("mlp_in_gram", "o_in_gram", "inv_resid_in", "inv_resid_out")
-# Loss-aware copies of the solver's sums (calibration.fisher): each token weighted by the squared norm of the loss
-# gradient at the module's output (empirical Fisher, normalised to mean 1 per layer), stored beside the plain sums
-# so one store solves either way (compression.fisher_mix). fisher_<name> has <name>'s shape.
-FISHER_STATS = ("attn_gram", "mlp_gram", "q_energy", "k_energy")
-# Which gradient weights each: 0 = the attention's output (o_proj), 1 = the MLP's output (down_proj).
-FISHER_SITE = {"attn_gram": 0, "q_energy": 0, "k_energy": 0, "mlp_gram": 1}
-# The weights' own sums per site (fisher_attn_weight, fisher_mlp_weight): weighted means divide by them, and
-# their mean per token is the loss's sensitivity to the module's output (compression.curve_scale=fisher).
-FISHER_WEIGHTS = ("attn_weight", "mlp_weight")
 
 
-def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool = False, cross: bool = False
-                ) -> dict[str, tuple[int, ...]]:
-    """Per-layer shape of every statistic (the store adds a leading layer axis); ``fisher`` adds the
-    ``fisher_*`` copies, ``cross`` the MLP cross-correlation with a reference stream (sequential solves only)."""
+def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout) -> dict[str, tuple[int, ...]]:
+    """Per-layer shape of every statistic (the store adds a leading layer axis)."""
     shapes = {
         "attn_gram": (hidden, hidden),  # sum of x x^T over tokens, x = attention input (Type-III)
         "mlp_gram": (intermediate, intermediate),  # sum of h h^T, h = input of the down projection (Type-I)
@@ -49,12 +38,6 @@ def stat_shapes(hidden: int, intermediate: int, heads: HeadLayout, fisher: bool 
         "inv_resid_in": (),
         "inv_resid_out": (),
     }
-    if fisher:
-        shapes |= {f"fisher_{name}": shapes[name] for name in FISHER_STATS}
-        shapes |= {f"fisher_{name}": () for name in FISHER_WEIGHTS}
-    if cross:
-        # sum of h h_refᵀ: this model's MLP activation against a reference model's on the same token
-        shapes["mlp_cross"] = (intermediate, intermediate)
     return shapes
 
 
@@ -70,32 +53,13 @@ class LayerStats:
     o_in_gram: torch.Tensor
     inv_resid_in: torch.Tensor
     inv_resid_out: torch.Tensor
-    fisher: dict[str, torch.Tensor] = field(default_factory=dict)  # FISHER_STATS name -> its weighted sum
-    mlp_cross: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, shapes: dict[str, tuple[int, ...]], device: torch.device | str) -> LayerStats:
-        zeros = {k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()}
-        fisher = {k.removeprefix("fisher_"): zeros.pop(k) for k in list(zeros) if k.startswith("fisher_")}
-        return cls(**zeros, fisher=fisher)
+        return cls(**{k: torch.zeros(s, dtype=torch.float64, device=device) for k, s in shapes.items()})
 
     def as_dict(self) -> dict[str, torch.Tensor]:
-        cross = {} if self.mlp_cross is None else {"mlp_cross": self.mlp_cross}
-        return {k: getattr(self, k) for k in STAT_NAMES} | {f"fisher_{k}": t for k, t in self.fisher.items()} | cross
-
-
-def fisher_mixed(sums: dict[str, torch.Tensor], mix: float) -> dict[str, torch.Tensor]:
-    """The sums a solver reads: the plain ones, or (1 − mix) · plain + mix · Fisher-weighted for FISHER_STATS, the
-    weighted sums rescaled so their weights average 1 per token (a weighted mean then divides by the token count)."""
-    if not mix:
-        return sums
-    missing = [f"fisher_{n}" for n in (*FISHER_STATS, *FISHER_WEIGHTS) if f"fisher_{n}" not in sums]
-    if missing:
-        raise ValueError(f"no Fisher-weighted sums ({', '.join(missing)}) to mix: capture with calibration.fisher=true")
-    tiny = torch.finfo(torch.float64).tiny
-    mean_weight = [sums[f"fisher_{w}"].clamp_min(tiny) / sums["tokens"] for w in FISHER_WEIGHTS]
-    return sums | {n: (1.0 - mix) * sums[n] + mix * sums[f"fisher_{n}"] / mean_weight[FISHER_SITE[n]]
-                   for n in FISHER_STATS}
+        return {k: getattr(self, k) for k in STAT_NAMES}
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
@@ -175,71 +139,29 @@ class LayerStatsCollector:
         self.heads = heads
         self.stats = stats
         self.precision = precision  # of the Gram products (PRODUCT_PRECISIONS); the sums are FP64 whatever it is
-        # Per-token weights [2, tokens] of the current batch (see set_token_weights); None: plain sums only.
-        self._weights: torch.Tensor | None = None
-        # The reference stream's MLP activations of the current batch (see set_reference): mlp_cross.
-        self._reference: torch.Tensor | None = None
         self._attn_blocks = gram_blocks(stats.attn_gram.shape[0])
         self._mlp_blocks = gram_blocks(stats.mlp_gram.shape[0])
         self._mlp_in_blocks = gram_blocks(stats.mlp_in_gram.shape[0])
         self._o_in_blocks = gram_blocks(stats.o_in_gram.shape[0])
         # q and k may be slices of one fused projection's output (Phi-3's qkv_proj).
         (q_module, self._q_cols), (k_module, self._k_cols) = output_source(layer.q_proj), output_source(layer.k_proj)
-        self.paused = False  # True: forward passes through the block add nothing (a reference stream's, say)
-        guard = self._unless_paused
         self._handles = [
-            layer.attention_input.register_forward_pre_hook(guard(self._attn_input)),
-            q_module.register_forward_hook(guard(self._query)),
-            k_module.register_forward_hook(guard(self._key)),
-            layer.mlp_hidden.register_forward_pre_hook(guard(self._mlp_hidden)),
-            output_source(layer.up_proj)[0].register_forward_pre_hook(guard(self._mlp_input)),
-            output_source(layer.o_proj)[0].register_forward_pre_hook(guard(self._o_input)),
+            layer.attention_input.register_forward_pre_hook(self._attn_input),
+            q_module.register_forward_hook(self._query),
+            k_module.register_forward_hook(self._key),
+            layer.mlp_hidden.register_forward_pre_hook(self._mlp_hidden),
+            output_source(layer.up_proj)[0].register_forward_pre_hook(self._mlp_input),
+            output_source(layer.o_proj)[0].register_forward_pre_hook(self._o_input),
         ]
-
-    def _unless_paused(self, hook: Any) -> Any:
-        def guarded(*args: Any) -> None:
-            if not self.paused:
-                hook(*args)
-        return guarded
-
-    def set_token_weights(self, weights: torch.Tensor | None) -> None:
-        """Fisher weights [2, batch, seq] (attention site, MLP site) of the batch the next forward pass runs."""
-        if weights is not None and not self.stats.fisher:
-            raise ValueError("token weights given but the stats have no fisher_* sums (stat_shapes(fisher=True))")
-        self._weights = None if weights is None else weights.reshape(2, -1).to(torch.float64)
-        if self._weights is not None:
-            for site, name in enumerate(FISHER_WEIGHTS):
-                self.stats.fisher[name] += self._weights[site].sum().to(self.stats.fisher[name].device)
-
-    def set_reference(self, mlp_hidden: torch.Tensor | None) -> None:
-        """A reference model's MLP activations (down_proj input) for the tokens the next forward pass runs."""
-        if mlp_hidden is not None and self.stats.mlp_cross is None:
-            raise ValueError("a reference given but the stats have no mlp_cross sum (stat_shapes(cross=True))")
-        self._reference = None if mlp_hidden is None else _flat64(mlp_hidden)
-
-    def _weighted_gram(self, name: str, x: torch.Tensor, blocks: list[tuple[int, int]]) -> None:
-        if self._weights is not None:
-            root = self._weights[FISHER_SITE[name]].to(x.device).sqrt().unsqueeze(1)
-            add_gram_upper(self.stats.fisher[name], x.to(torch.float64) * root, blocks, self.precision)
-
-    def _weighted_energy(self, name: str, x64: torch.Tensor, shape: tuple[int, int]) -> None:
-        if self._weights is not None:
-            w = self._weights[FISHER_SITE[name]].to(x64.device).unsqueeze(1)
-            self.stats.fisher[name] += (x64.square() * w).sum(0).view(shape)
 
     def _attn_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         x = _flat(args[0])
         add_gram_upper(self.stats.attn_gram, x, self._attn_blocks, self.precision)
-        self._weighted_gram("attn_gram", x, self._attn_blocks)
         self.stats.tokens += x.shape[0]
 
     def _mlp_hidden(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         h = _flat(args[0])
         add_gram_upper(self.stats.mlp_gram, h, self._mlp_blocks, self.precision)
-        self._weighted_gram("mlp_gram", h, self._mlp_blocks)
-        if self._reference is not None:
-            assert self.stats.mlp_cross is not None
-            self.stats.mlp_cross.addmm_(h.to(torch.float64).T, self._reference.to(h.device))
 
     def _mlp_input(self, module: Any, args: tuple[torch.Tensor, ...]) -> None:
         add_gram_upper(self.stats.mlp_in_gram, _flat(args[0]), self._mlp_in_blocks, self.precision)
@@ -251,12 +173,10 @@ class LayerStatsCollector:
         # Pre-RoPE energies: a rotary pair's energy is the same before and after the rotation.
         q = _flat64(out[..., self._q_cols])
         self.stats.q_energy += q.square().sum(0).view(self.heads.num_heads, self.heads.head_dim)
-        self._weighted_energy("q_energy", q, (self.heads.num_heads, self.heads.head_dim))
 
     def _key(self, module: Any, args: Any, out: torch.Tensor) -> None:
         k = _flat64(out[..., self._k_cols])
         self.stats.k_energy += k.square().sum(0).view(self.heads.num_kv_heads, self.heads.head_dim)
-        self._weighted_energy("k_energy", k, (self.heads.num_kv_heads, self.heads.head_dim))
 
     def add_block_influence(self, block_in: torch.Tensor, block_out: torch.Tensor) -> None:
         h_in, h_out = _flat64(block_in), _flat64(block_out)
@@ -269,9 +189,6 @@ class LayerStatsCollector:
         """Complete the symmetric Gram matrices; call once after the layer's last batch."""
         mirror_upper(self.stats.attn_gram, self._attn_blocks)
         mirror_upper(self.stats.mlp_gram, self._mlp_blocks)
-        for name, blocks in (("attn_gram", self._attn_blocks), ("mlp_gram", self._mlp_blocks)):
-            if name in self.stats.fisher:
-                mirror_upper(self.stats.fisher[name], blocks)
         mirror_upper(self.stats.mlp_in_gram, self._mlp_in_blocks)
         mirror_upper(self.stats.o_in_gram, self._o_in_blocks)
 

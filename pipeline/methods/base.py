@@ -59,11 +59,6 @@ class Method(ABC):
         """One layer's error-versus-width curve per module, for ``compression.allocation=error``."""
         raise NotImplementedError(f"compression.method={self.name} does not support compression.allocation=error")
 
-    def mlp_error_reference(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
-                            settings: SolverSettings, max_sparsity: float, device: torch.device) -> Tensor:
-        """[d, d], trace 1: the shape of one layer's MLP output-error covariance, for ``curve_scale=kl-error``."""
-        raise NotImplementedError(f"compression.method={self.name} does not support compression.curve_scale=kl-error")
-
     @abstractmethod
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
                     plan: LayerPlan, settings: SolverSettings, device: torch.device

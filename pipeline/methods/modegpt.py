@@ -13,7 +13,6 @@ from pipeline.plan import LayerPlan, LayerSolution
 from pipeline.solver import (
     DenseLayer,
     SolverSettings,
-    mlp_error_reference,
     module_error_curves,
     solve_modegpt_layer,
 )
@@ -49,12 +48,6 @@ class ModeGPT(Method):
         stats = {n: t.to(device) for n, t in sums.items()}
         dense = DenseLayer.from_layer(layer, adapter.head_layout(), device)
         return module_error_curves(stats, dense, adapter.block_shape(), settings, max_sparsity)
-
-    def mlp_error_reference(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor],
-                            settings: SolverSettings, max_sparsity: float, device: torch.device) -> Tensor:
-        stats = {n: sums[n].to(device) for n in ("mlp_gram", "tokens")}
-        return mlp_error_reference(stats, DenseLayer.from_layer(layer, adapter.head_layout(), device), settings,
-                                   max_sparsity)
 
     def apply_in_place(self, layer: LayerAdapter, adapter: ModelAdapter, tensors: dict[str, Tensor]) -> None:
         apply_solution_in_place(layer, LayerSolution.from_tensors(tensors), adapter.head_layout())

@@ -18,9 +18,7 @@ from pipeline.modegpt._linalg import (
     stable_top_indices,
     symmetric,
 )
-from pipeline.modegpt.profile import greedy_keep_order
 
-SELECTIONS = ("leverage", "greedy", "energy")  # Type-I column selection rules
 REFITS = ("paper", "shrink")  # Type-I down-projection refit: ridge toward 0 (the paper) or toward the dense rows
 
 
@@ -113,27 +111,6 @@ def leverage_keep_order(corr: Tensor, ridge_lambda: float) -> Tensor:
     return torch.argsort(ridge_leverage_scores(corr, ridge_lambda), descending=True, stable=True)
 
 
-def energy_keep_order(corr: Tensor, w_down: Tensor) -> Tensor:
-    """All columns by descending output energy alone, C_jj·‖W_D,j‖² (ties to the lower index).
-
-    Why: it is the Nyström residual of dropping column j with the cross terms left out, so it sees W_D like the
-    greedy elimination but fits nothing to the calibration's correlations between units; with uncorrelated units
-    (diagonal C) it is exactly the best subset (tests/pipeline/modegpt/test_mlp.py)."""
-    _check_mlp(corr, w_down)
-    energy = torch.diagonal(as_f64(corr)).clamp_min(0.0) * as_f64(w_down).square().sum(dim=1)
-    return torch.argsort(energy, descending=True, stable=True)
-
-
-def keep_order(corr: Tensor, w_down: Tensor, selection: str, min_keep: int, ridge_lambda: float,
-               nystrom_ridge: float, corr_w: Tensor | None = None) -> Tensor:
-    """Every column in keep-priority order under a selection rule (valid for kept widths ≥ min_keep)."""
-    if selection == "greedy":
-        return greedy_keep_order(corr, w_down, min_keep, nystrom_ridge, corr_w)
-    if selection == "energy":
-        return energy_keep_order(corr, w_down)
-    return leverage_keep_order(corr, ridge_lambda)
-
-
 def _nystrom_update(corr: Tensor, w_down: Tensor, index: Tensor, nystrom_ridge: float,
                     corr_w: Tensor | None = None, shrink_tokens: float | None = None) -> _Update:
     c_jj = corr[index][:, index]
@@ -177,23 +154,16 @@ def nystrom_mlp(
     ridge_lambda: float = 1.0,
     nystrom_ridge: float = 1e-6,
     corr_w: Tensor | None = None,
-    selection: str = "leverage",
     refit: str = "paper",
     tokens: float | None = None,
-    target_w: Tensor | None = None,
 ) -> MlpSolution:
     """Keep `keep` intermediate columns; W_D' = (C_JJ + ρI)⁻¹ C_J: W_D.
 
-    ``selection="leverage"`` (the paper): the top ridge leverage scores of C. ``"greedy"``: the columns that
-    backward elimination on the Nyström residual itself keeps (``pipeline.modegpt.profile.greedy_keep_order``),
-    which also sees W_D; ``"energy"``: the top C_jj·‖W_D,j‖² (``energy_keep_order``). ρ = nystrom_ridge ·
-    mean(diag C_JJ). keep == D returns the identity selection and W_D unchanged
-    (the ridge would otherwise perturb an exact solution). ``corr_w`` = C W_D, if the caller has it anyway
-    (the right-hand side C_J: W_D is then its rows J, not a second product). ``refit="shrink"`` ridges the refit
-    toward the dense rows instead of toward 0, by keep/tokens relative (``tokens``: the calibration's count).
-    ``target_w`` = E[h h_refᵀ] W_D replaces C W_D in the refit only: the kept columns then fit the output of
-    reference activations h_ref (the dense model's, where h comes from compressed layers below) instead of this
-    layer's own dense output, so the refit also undoes the error the layers below left.
+    J: the top ridge leverage scores of C (the paper). ρ = nystrom_ridge · mean(diag C_JJ). keep == D returns the
+    identity selection and W_D unchanged (the ridge would otherwise perturb an exact solution). ``corr_w`` = C W_D,
+    if the caller has it anyway (the right-hand side C_J: W_D is then its rows J, not a second product).
+    ``refit="shrink"`` ridges the refit toward the dense rows instead of toward 0, by keep/tokens relative
+    (``tokens``: the calibration's count).
     """
     _check_mlp(corr, w_down)
     full = corr.shape[0]
@@ -201,8 +171,6 @@ def nystrom_mlp(
         raise ValueError(f"keep must lie in [1, {full}], got {keep}")
     if nystrom_ridge < 0.0:
         raise ValueError(f"nystrom_ridge must be >= 0, got {nystrom_ridge}")
-    if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {selection!r}")
     if refit not in REFITS or (refit == "shrink" and not (tokens or 0) > 0):
         raise ValueError(f"refit must be one of {', '.join(REFITS)} (shrink with tokens > 0), got {refit!r}")
     c = as_f64(corr)
@@ -210,14 +178,9 @@ def nystrom_mlp(
     if keep == full:
         return MlpSolution(index=torch.arange(full, device=c.device), w_down=w.clone())
     corr_w = None if corr_w is None else as_f64(corr_w)
-    leverage_eigh = False
-    if selection == "leverage":  # the scores themselves, to report whether they needed the eigendecomposition
-        scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
-        index = stable_top_indices(scores, keep)
-    else:
-        index = torch.sort(keep_order(c, w, selection, keep, ridge_lambda, nystrom_ridge, corr_w)[:keep]).values
-    rhs = corr_w if target_w is None else as_f64(target_w)
-    update = _nystrom_update(c, w, index, nystrom_ridge, rhs, tokens if refit == "shrink" else None)
+    scores, leverage_eigh = _leverage_scores(c, ridge_lambda)
+    index = stable_top_indices(scores, keep)
+    update = _nystrom_update(c, w, index, nystrom_ridge, corr_w, tokens if refit == "shrink" else None)
     return MlpSolution(index=index, w_down=update.w_down, leverage_eigh=leverage_eigh, ridge=update.ridge,
                        ridge_pivots=update.ridge_pivots, pseudo_inverse=update.pseudo_inverse, shrink=update.shrink)
 

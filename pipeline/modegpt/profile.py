@@ -1,4 +1,4 @@
-"""Output-aware column order for Type-I and each module's error as a function of its kept width.
+"""Each module's error as a function of its kept width.
 
 The module-budget allocation (``pipeline.modegpt.budget``) trades widths between modules and layers from these
 curves, so they are in the modules' own output units (mean squared error per token), never relative errors:
@@ -27,72 +27,6 @@ def _ridged(corr: Tensor, nystrom_ridge: float) -> tuple[Tensor, float]:
     return c + ridge * torch.eye(c.shape[0], dtype=F64, device=c.device), ridge
 
 
-def _inverse_pd(a: Tensor) -> Tensor:
-    """a⁻¹ for symmetric positive definite a; a ridge grown tenfold until it factorises (rank-deficient a)."""
-    scale = float(torch.diagonal(a).abs().mean().clamp_min(torch.finfo(F64).tiny))
-    eye = torch.eye(a.shape[0], dtype=F64, device=a.device)
-    shift = 0.0
-    for _ in range(8):
-        chol, info = torch.linalg.cholesky_ex(a + shift * eye)
-        if int(info) == 0:
-            return torch.cholesky_inverse(chol)
-        shift = scale * 1e-10 if shift == 0.0 else shift * 10.0
-    raise ValueError("correlation is not positive definite even with a ridge of 1e-3 x its scale")
-
-
-def elimination_block(full: int) -> int:
-    """Columns removed per elimination step: depends on D only, so every target width lies on one path."""
-    return max(1, full // 256)
-
-
-def greedy_keep_order(corr: Tensor, w_down: Tensor, min_keep: int = 1, nystrom_ridge: float = 1e-6,
-                      corr_w: Tensor | None = None) -> Tensor:
-    """Intermediate columns in keep-priority order (the first k are the kept set of width k, for k ≥ min_keep).
-
-    Backward elimination on the quantity Type-I minimises: with P = (C + ρI)⁻¹ over the surviving set and
-    B = P C W_D the refit's coefficients, dropping column j raises the residual by ‖B_j‖² / P_jj (the
-    multi-output form of "RSS rises by β_j² / (XᵀX)⁻¹_jj"). Each step drops the ``elimination_block`` cheapest
-    columns and downdates P and B exactly (a Schur complement on the dropped block), so the path costs about
-    D³ flops in D/block steps instead of a D³ solve per candidate. Leverage scores look at C alone; this sees
-    which columns the down projection actually reads.
-    """
-    check_square("corr", corr)
-    full = corr.shape[0]
-    if w_down.dim() != 2 or w_down.shape[0] != full:
-        raise ValueError(f"w_down must be [D, d] with D={full}, got shape {tuple(w_down.shape)}")
-    if not 1 <= min_keep <= full:
-        raise ValueError(f"min_keep must lie in [1, {full}], got {min_keep}")
-    ridged, _ = _ridged(corr, nystrom_ridge)
-    prec = _inverse_pd(ridged)
-    del ridged
-    rhs = as_f64(corr) @ as_f64(w_down) if corr_w is None else as_f64(corr_w)
-    coef = prec @ rhs
-    # P and B keep their full size: a dropped column's row and column become zero under the downdate, and a
-    # mask keeps it out of the ranking, so each step is one in-place rank-m update (no D² gathers).
-    alive = torch.ones(full, dtype=torch.bool, device=corr.device)
-    dropped: list[Tensor] = []
-    block, remaining = elimination_block(full), full
-    while remaining > min_keep:
-        m = min(block, remaining - min_keep)
-        gone = torch.argsort(_drop_cost(prec, coef, alive), stable=True)[:m]
-        rows = prec[gone]  # P_{S,:} (= P_{:,S}ᵀ: P is symmetric)
-        solved = torch.linalg.solve(rows[:, gone], torch.cat([rows, coef[gone]], dim=1))
-        prec.addmm_(rows.T, solved[:, :full], alpha=-1.0)
-        coef.addmm_(rows.T, solved[:, full:], alpha=-1.0)
-        alive[gone] = False
-        dropped.append(gone)
-        remaining -= m
-    cost = _drop_cost(prec, coef, alive)
-    survivors = torch.argsort(torch.where(alive, cost, -torch.inf), descending=True, stable=True)[:remaining]
-    return torch.cat([survivors, *reversed(dropped)]) if dropped else survivors
-
-
-def _drop_cost(prec: Tensor, coef: Tensor, alive: Tensor) -> Tensor:
-    """‖B_j‖² / P_jj for surviving columns, +inf for dropped ones."""
-    cost = coef.square().sum(1) / torch.diagonal(prec).clamp_min(torch.finfo(F64).tiny)
-    return torch.where(alive, cost, torch.full_like(cost, torch.inf))
-
-
 def _explained_rows(corr: Tensor, w_down: Tensor, order: Tensor, nystrom_ridge: float,
                     corr_w: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """W_D, C W_D and Z = L⁻¹ (C W_D)_order (FP64), L the Cholesky factor of the permuted C + ρI: the first k
@@ -119,42 +53,6 @@ def nested_mlp_residuals(corr: Tensor, w_down: Tensor, order: Tensor, nystrom_ri
     total = (w * rhs).sum()
     explained = torch.cat([z.new_zeros(1), torch.cumsum(z.square().sum(1), 0)])
     return (total - explained).clamp_min(0.0)
-
-
-def mlp_error_covariances(corr: Tensor, w_down: Tensor, order: Tensor, widths: list[int],
-                          nystrom_ridge: float = 1e-6, corr_w: Tensor | None = None) -> Tensor:
-    """[len(widths), d, d]: Σ_e(k), the covariance of the Type-I output error (refit included) when the first k
-    columns of ``order`` are kept. With Z = L⁻¹ (C W_D)_order as in ``nested_mlp_residuals`` (L the Cholesky factor
-    of the permuted C + ρI), Σ_e(k) = W_Dᵀ C W_D − Z[:k]ᵀ Z[:k]: its trace is ``nested_mlp_residuals(...)[k]``."""
-    w, rhs, z = _explained_rows(corr, w_down, order, nystrom_ridge, corr_w)
-    total = symmetric(w.T @ rhs)
-    return torch.stack([symmetric(total - z[:k].T @ z[:k]) for k in widths])
-
-
-def mlp_error_covariance(corr: Tensor, w_down: Tensor, order: Tensor, kept_fractions: tuple[float, ...],
-                         nystrom_ridge: float = 1e-6, corr_w: Tensor | None = None) -> Tensor:
-    """[d, d], trace 1: the shape of the Type-I output error's covariance, averaged over reference kept widths.
-
-    Why: the KL probe (``curve_scale=kl``) scales the error curve by tr F, F the model's Fisher at the MLP output,
-    which is right for an isotropic error only; to second order an error of covariance Σ_e costs ½ tr(F Σ_e). The
-    probe of ``curve_scale=kl-error`` draws its noise with this covariance's shape instead, so what it measures is
-    d · tr(F Σ)/tr Σ (tr F again when Σ ∝ I: the same units), and the curve residual[k] × that is tr(F Σ_e(k))
-    wherever Σ_e(k) has the reference's shape.
-
-    The mean over k = round(f · D), f in ``kept_fractions``, of Σ_e(k) / tr Σ_e(k) (``mlp_error_covariances``):
-    normalised, so each width counts alike, and independent of the rate. Widths with no error are left out (all of
-    them: the shape of W_Dᵀ C W_D, the error of keeping nothing).
-    """
-    full = corr.shape[0]
-    widths = sorted({min(full, max(0, round(f * full))) for f in kept_fractions})
-    covs = mlp_error_covariances(corr, w_down, order, [0, *widths], nystrom_ridge, corr_w)
-    traces = torch.diagonal(covs, dim1=1, dim2=2).sum(1)
-    if not bool(traces[0] > 0):
-        raise ValueError("the MLP output has no energy: no error covariance to shape the probe's noise")
-    useful = traces[1:] > traces[0] * 1e-12
-    if not bool(useful.any()):
-        return covs[0] / traces[0]
-    return (covs[1:][useful] / traces[1:][useful, None, None]).mean(0)
 
 
 def vo_rank_residuals(corr: Tensor, w_v: Tensor, w_o: Tensor, eig_floor: float = 1e-8) -> Tensor:

@@ -66,7 +66,7 @@ def test_a_probe_or_curves_change_names_another_solve(tmp_path, tiny_model_dirs,
 def test_the_probe_is_shared_by_solver_settings_but_not_by_probe_settings(monkeypatch) -> None:
     cfg = compose_config(["compression.allocation=error", "compression.curve_scale=kl"])
     other_solver = compose_config(["compression.allocation=error", "compression.curve_scale=kl",
-                                   "compression.mlp_selection=greedy"])
+                                   "compression.ridge_lambda=0.5"])
     assert solve_identity.probe_key(cfg.compression) == solve_identity.probe_key(other_solver.compression)
     assert solve_identity.curves_key(cfg.compression) != solve_identity.curves_key(other_solver.compression)
     assert solve_identity.probe_key(compose_config(["compression.curve_scale=residual"]).compression) is None
@@ -99,3 +99,14 @@ def test_dvc_compress_stage_lists_every_compression_field_it_reads() -> None:
     listed = {p.removeprefix("compression.") for p in params if isinstance(p, str) and p.startswith("compression.")}
     assert listed == set(FIELDS) - {"rate"}  # the rate comes from the foreach item
     assert "export" in params and "eval" in params
+
+
+def test_retired_fields_stay_in_the_keys_at_the_value_that_stayed() -> None:
+    """What was solved before an option was retired keeps its name: the keys hold each retired field at the value the
+    code left computes (solve_identity.RETIRED_FIELDS), none of them in the schema any more."""
+    k = compose_config(["compression.allocation=error"]).compression
+    fields = solve_identity.compression_fields(k)
+    assert {n: fields[n] for n in solve_identity.RETIRED_FIELDS} == {
+        "mlp_selection": "leverage", "sequential_target": "layer", "fisher_mix": 0.0}
+    assert not set(solve_identity.RETIRED_FIELDS) & set(FIELDS)
+    assert solve_identity.curves_key(k)["compression"]["mlp_selection"] == "leverage"

@@ -284,6 +284,32 @@ def test_the_command_prints_exactly_one_line(tmp_path: Path, tiny_model_dirs, st
         assert {p.split("/")[1] for p in _tree(tmp_path) - before if p.count("/")} <= {"logs"}
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["run", "compression.mlp_selection=greedy"], "compression.mlp_selection=greedy was retired (it lost to "
+     "leverage: docs/results.md): remove it"),
+    (["run", "-m", "compression.rate=0.1,0.2", "compression.mlp_selection=greedy,leverage"],
+     "compression.mlp_selection=greedy was retired"),
+    (["solve", "+compression.mlp_selection=leverage"], "compression.mlp_selection was retired (greedy and energy "
+     "lost to leverage"),
+    (["ls", "compression.mlp_selection=energy"], "compression.mlp_selection=energy was retired"),
+    (["capture", "calibration.fisher=true"], "calibration.fisher was retired"),
+    (["solve", "compression.sequential=true", "compression.sequential_target=dense"],
+     "compression.sequential_target=dense was retired"),
+    (["run", "compression.curve_scale=kl-error"], "compression.curve_scale=kl-error was retired (it never beat kl "
+     "by more than 2% among the options kept: docs/results.md): use compression.curve_scale=kl"),
+    (["solve", "compression.allocation=validated", "compression.candidates=[kl,kl-error]"],
+     "compression.candidates=['kl', 'kl-error'] names a retired curve scale: compression.curve_scale=kl-error"),
+])
+def test_a_retired_option_is_one_line_before_hydra_starts(tmp_path: Path, tiny_model_dirs, monkeypatch, argv,
+                                                           message) -> None:
+    """A key gone from the schema fails inside Hydra in several lines: the CLI refuses it (and a retired value) from
+    the overrides first, single runs, sweeps and the commands about disk alike, and makes nothing."""
+    good = tiny_overrides(tmp_path / "outputs", tiny_model_dirs["llama"], "llama")
+    line = run_cli([argv[0], *good, *argv[1:]], monkeypatch)
+    assert line.startswith("modegpt: error: ") and "\n" not in line and message in line, line
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_traceback_on_request(tmp_path: Path, tiny_model_dirs) -> None:
     """MODEGPT_TRACEBACK=1 shows what is behind the one line (a user error judged wrongly can be reported)."""
     argv = ["run", *tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"), "paths.root=/proc/nope"]

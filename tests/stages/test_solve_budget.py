@@ -12,8 +12,7 @@ from stages import assemble, capture, solve, tokenize
 @pytest.mark.parametrize("family", FAMILIES)
 def test_module_budget_meets_the_target_and_assembles(tmp_path, tiny_model_dirs, family) -> None:
     overrides = tiny_overrides(tmp_path, tiny_model_dirs[family], family, **{
-        "compression.allocation": "error", "compression.mlp_selection": "greedy", "compression.mlp_refit": "shrink",
-        "compression.rate": 0.3})
+        "compression.allocation": "error", "compression.mlp_refit": "shrink", "compression.rate": 0.3})
     cfg = compose_config(overrides)
     tokenize.run(cfg)
     capture.run(cfg)
@@ -71,7 +70,7 @@ def test_module_curves_are_computed_once_per_store_and_shared_by_rates(tmp_path,
     assert read_manifest(second).status == "complete"
     # A setting the curves depend on makes new ones, never reuses the old.
     monkeypatch.undo()
-    solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
+    solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))
     assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2
 
 
@@ -91,42 +90,27 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     calls = []
     real = solve.sampled_fisher_sensitivity
     monkeypatch.setattr(solve, "sampled_fisher_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
-    # New curves (the selection and the ridge change them), the same probe: it reads tokens and the model only.
-    solve.run(compose_config([*overrides, "compression.mlp_selection=greedy"]))
+    # New curves (the ridges change them), the same probe: it reads tokens and the model only.
+    solve.run(compose_config([*overrides, "compression.nystrom_ridge=1e-5"]))
     solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))
     assert calls == [] and len(list(solves.glob("curves-*.safetensors"))) == 3
-    # The shaped probe depends on the keep order: a probe of its own.
-    solve.run(compose_config([*overrides, "compression.curve_scale=kl-error"]))
-    assert len(calls) == 1 and len(list(solves.glob("sensitivity-*.safetensors"))) == 2
     # A probe file made for something else is detected and probed again, never reused.
     save_file({"sensitivity": probed}, str(probe), metadata={"key": "{}"})
     solve.run(compose_config([*overrides, "compression.eig_floor=1e-7"]))
-    assert len(calls) == 2
+    assert len(calls) == 1 and len(list(solves.glob("sensitivity-*.safetensors"))) == 1
     with safe_open(str(probe), "pt") as handle:
         assert handle.metadata()["key"] != "{}"
 
 
-def test_energy_selection_keeps_the_columns_of_most_output_energy(tmp_path, tiny_model_dirs) -> None:
-    import torch
-
-    from pipeline.adapters import adapter_for
-    from pipeline.dense import load_model
-    from pipeline.modegpt import energy_keep_order
-    from pipeline.readers import load_solution, open_store
-
-    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
-        "compression.allocation": "error", "compression.mlp_selection": "energy", "compression.rate": 0.3}))
-    tokenize.run(cfg)
-    capture.run(cfg)
-    solve.run(cfg)
-    plans, solutions, _ = load_solution(cfg)
-    store, _ = open_store(cfg)
-    adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), "llama")
-    cut = [i for i, p in enumerate(plans) if p.mlp_width < adapter.block_shape().intermediate_size]
-    assert cut, "the budget cut no MLP: nothing to check"
-    for i in cut:
-        corr = store.read_layer(i, names=("mlp_gram",))["mlp_gram"].double()
-        w_down = adapter.layer(i).down_proj.weight.detach().double().T
-        expected = torch.sort(energy_keep_order(corr, w_down)[:plans[i].mlp_width]).values
-        assert torch.equal(solutions[i].mlp_index, expected), i
-    assemble.run(cfg)
+def test_the_kl_and_residual_curve_scales_change_the_module_budget(tmp_path, tiny_model_dirs) -> None:
+    plans = {}
+    for scale in ("residual", "kl"):
+        cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **{
+            "compression.allocation": "error", "compression.curve_scale": scale, "compression.rate": 0.3}))
+        tokenize.run(cfg)
+        capture.run(cfg)
+        target = solve.run(cfg)
+        plans[scale] = json.loads((target / "plan.json").read_text())["layers"]
+        assert 0.3 - 1e-9 <= read_manifest(target).extra["achieved_block_rate"] < 0.35
+    assert plans["residual"] != plans["kl"]
+    assert len(list(ArtifactPaths(cfg).solves.glob("curves-*.safetensors"))) == 2  # one per scale

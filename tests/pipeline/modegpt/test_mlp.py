@@ -6,15 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.modegpt import mlp as mlp_module
 from pipeline.modegpt import (
-    energy_keep_order,
     mlp_residual,
     nystrom_mlp,
     nystrom_update,
     random_mlp_selection,
     ridge_leverage_scores,
 )
-from pipeline.modegpt import mlp as mlp_module
 
 N, D_MODEL, D_MLP = 200, 16, 48
 
@@ -160,40 +159,3 @@ def test_bad_arguments() -> None:
         ridge_leverage_scores(c, 0.0)
     with pytest.raises(ValueError, match="w_down"):
         nystrom_mlp(c, w_d.T, 4)
-
-
-def test_refit_toward_a_reference_output_is_its_least_squares_fit() -> None:
-    """target_w = E[h h_refᵀ] W_D: with no ridge the refit is argmin ‖H_ref W_D − H_J W'‖², the kept columns of
-    this model's activations fitted to a reference model's output (sequential_target=dense)."""
-    g = torch.Generator().manual_seed(3)
-    h = torch.randn(400, 24, generator=g, dtype=torch.float64)
-    h_ref = h + 0.3 * torch.randn(400, 24, generator=g, dtype=torch.float64)
-    w_down = torch.randn(24, 8, generator=g, dtype=torch.float64)
-    corr, cross = h.T @ h / 400, h.T @ h_ref / 400
-    sol = nystrom_mlp(corr, w_down, 10, nystrom_ridge=0.0, target_w=cross @ w_down)
-    h_j = h[:, sol.index]
-    want = torch.linalg.lstsq(h_j, h_ref @ w_down).solution
-    torch.testing.assert_close(sol.w_down, want, rtol=1e-8, atol=1e-10)
-    own = nystrom_mlp(corr, w_down, 10, nystrom_ridge=0.0)
-    assert torch.equal(own.index, sol.index)  # the selection does not change, only the refit
-    assert ((h_ref @ w_down - h_j @ sol.w_down).square().sum() < (h_ref @ w_down - h_j @ own.w_down).square().sum())
-
-
-def test_energy_selection_is_the_best_subset_for_uncorrelated_units() -> None:
-    """With a diagonal C the Nyström residual of a kept set is exactly the energy C_jj·‖W_D,j‖² of the dropped
-    columns, so ranking by it alone is optimal; leverage, blind to W_D, is not."""
-    import itertools
-
-    gen = torch.Generator().manual_seed(3)
-    d_full, keep, beaten = 8, 3, 0
-    for _ in range(20):
-        corr = torch.diag(torch.rand(d_full, generator=gen, dtype=torch.float64) + 0.05)
-        w = torch.randn(d_full, 4, generator=gen, dtype=torch.float64) * torch.rand(d_full, 1, generator=gen,
-                                                                                    dtype=torch.float64)
-        best = min(mlp_residual(corr, w, torch.tensor(s)) for s in itertools.combinations(range(d_full), keep))
-        energy = nystrom_mlp(corr, w, keep, selection="energy")
-        assert mlp_residual(corr, w, energy.index) == pytest.approx(best, rel=1e-12)
-        assert torch.equal(energy.index, torch.sort(energy_keep_order(corr, w)[:keep]).values)
-        leverage = nystrom_mlp(corr, w, keep, selection="leverage")
-        beaten += mlp_residual(corr, w, leverage.index) > best * (1 + 1e-9)
-    assert beaten >= 10  # the draws are not ones where leverage happens to agree
