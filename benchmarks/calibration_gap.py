@@ -25,9 +25,9 @@ from pipeline.adapters import adapter_for
 from pipeline.artifacts import PLAN, ArtifactPaths, read_json
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
+from pipeline.methods.modegpt.layer import DenseLayer, mlp_quadratic_error
 from pipeline.modegpt import nystrom_mlp
 from pipeline.readers import open_store
-from pipeline.solver import DenseLayer, mlp_quadratic_error
 from stages import solve
 
 

@@ -10,10 +10,10 @@ CPU runs BF16 matmuls at well under 1 GFLOP/s) and timed part by part:
 
 - capture: the block's forward pass and the FP64 correlation sums (``LayerStatsCollector``'s hooks, the same
   objects ``pipeline.capture.runner`` attaches), at several token counts so that time = a + b·tokens can be fitted;
-- the KL probe: one block pass with ``sensitivity._perturbing``'s noise hook and one without, over the probe's
-  positions; the whole probe is layers² + 2·layers such passes per probe sequence (``sensitivity._probe_batch``);
-- the solve: ``solver.solve_modegpt_layer`` (Type-I, II and III timed by wrapping their functions, as
-  ``solve_profile.py`` does), ``solver.module_error_curves`` (the error curves) and ``build_compressed_model``.
+- the KL probe: one block pass with ``probe_by_noise._perturbing``'s noise hook and one without, over the probe's
+  positions; the whole probe is layers² + 2·layers such passes per probe sequence (``probe_by_noise._probe_batch``);
+- the solve: ``solve_modegpt_layer`` (Type-I, II and III timed by wrapping their functions, as
+  ``solve_profile.py`` does), ``module_error_curves`` (the error curves) and ``build_compressed_model``.
 
 Where the CPU cannot hold or finish a part at the real shape, it is measured smaller and projected by its FLOP
 count, and the tables say so: the solve runs at an MLP width capped by ``--solve-mlp-width`` (several D×D FP64
@@ -40,19 +40,22 @@ from typing import Any
 
 import torch
 
-from pipeline import solver
 from pipeline.adapters import ModelAdapter, adapter_for, output_source
 from pipeline.assembly.build import build_compressed_model
 from pipeline.capture import LayerStats, LayerStatsCollector, stat_shapes
 from pipeline.capture.output_head import LOGIT_BUDGET
 
 # the noise estimator the probe used before PROBE_VERSION 4 (8 x 512 tokens): what these probe rows model
-from pipeline.capture.sensitivity import POSITIONS as PROBE_POSITIONS  # noqa: E402
-from pipeline.capture.sensitivity import RELATIVE_NOISE as PROBE_RELATIVE_NOISE  # noqa: E402
-from pipeline.capture.sensitivity import SEQUENCES as PROBE_SEQUENCES  # noqa: E402
-from pipeline.capture.sensitivity import _perturbing
 from pipeline.config import compose_config
+from pipeline.methods.modegpt import ModegptSettings
+from pipeline.methods.modegpt import curves as modegpt_curves
+from pipeline.methods.modegpt import layer as modegpt_layer
+from pipeline.methods.modegpt.probe_by_noise import POSITIONS as PROBE_POSITIONS  # noqa: E402
+from pipeline.methods.modegpt.probe_by_noise import RELATIVE_NOISE as PROBE_RELATIVE_NOISE  # noqa: E402
+from pipeline.methods.modegpt.probe_by_noise import SEQUENCES as PROBE_SEQUENCES  # noqa: E402
+from pipeline.methods.modegpt.probe_by_noise import _perturbing
 from pipeline.plan import LayerSolution
+from pipeline.planning import plan_layer
 from pipeline.tiny import random_model
 
 GIB = 2**30
@@ -178,7 +181,7 @@ def probe_head_bytes(s: Shape) -> float:
 
 def probe_passes(layers: int) -> tuple[int, int]:
     """(plain, perturbed) block passes per probe sequence: block i runs the 2i streams perturbed below it, its two
-    perturbed passes and the clean one (sensitivity._probe_batch), so Σ (2i + 1) = L² plain and 2L perturbed."""
+    perturbed passes and the clean one (probe_by_noise._probe_batch), so Σ (2i + 1) = L² plain and 2L perturbed."""
     return layers * layers, 2 * layers
 
 
@@ -317,7 +320,7 @@ def _solve_stats(adapter: ModelAdapter, s: Shape, mlp: int, tokens: int) -> dict
     return sums
 
 
-# Functions solve_modegpt_layer and module_error_curves call through pipeline.solver's namespace, by part.
+# Functions solve_modegpt_layer and module_error_curves call through their modules' namespaces, by part.
 TYPE2 = ("cr_select", "_qk_score_dropped")
 TYPE3 = ("vo_svd", "head_output_energy", "vo_residual")
 CURVES_ATTENTION = ("head_output_energy", "qk_error_curve", "vo_rank_residuals")
@@ -327,24 +330,24 @@ def measure_solve(s: Shape, mlp: int, rate: float, stat_tokens: int) -> dict[str
     """Type-I/II/III, the error curves and the weights' FP64 copy for one layer of shape ``s`` at MLP width ``mlp``,
     under the default config's solver settings with every module cut by ``rate``."""
     cfg = compose_config([])
-    settings = solver.SolverSettings.from_config(cfg.compression)
+    settings = ModegptSettings.from_config(cfg.compression)
     model, adapter = build_layer(s, mlp=mlp, seed=4)
     sums = _solve_stats(adapter, s, mlp, stat_tokens)
     heads, shape = adapter.head_layout(), adapter.block_shape()
-    plan = solver.plan_layer(rate, shape, settings.round_to)
+    plan = plan_layer(rate, shape, settings.round_to)
     device = torch.device("cpu")
     start = time.perf_counter()
-    dense = solver.DenseLayer.from_layer(adapter.layer(0), heads, device)
+    dense = modegpt_layer.DenseLayer.from_layer(adapter.layer(0), heads, device)
     to_fp64 = time.perf_counter() - start
     spent: dict[str, float] = {}
-    with timed(solver, TYPE2 + TYPE3, spent):
-        total = _seconds(lambda: solver.solve_modegpt_layer(sums, dense, plan, heads, settings))
+    with timed(modegpt_layer, TYPE2 + TYPE3, spent):
+        total = _seconds(lambda: modegpt_layer.solve_modegpt_layer(sums, dense, plan, heads, settings))
     type2 = sum(spent.get(n, 0.0) for n in TYPE2)
     type3 = sum(spent.get(n, 0.0) for n in TYPE3)
     curve_spent: dict[str, float] = {}
-    with timed(solver, CURVES_ATTENTION, curve_spent):
-        curves = _seconds(lambda: solver.module_error_curves(sums, dense, shape, settings,
-                                                             cfg.compression.max_sparsity))
+    with timed(modegpt_curves, CURVES_ATTENTION, curve_spent):
+        curves = _seconds(lambda: modegpt_curves.module_error_curves(sums, dense, shape, settings,
+                                                                     cfg.compression.max_sparsity))
     curves_attention = sum(curve_spent.values())
     # Type-I is the rest of solve_modegpt_layer: the means, C W_D, the Nyström selection and refit, and the error.
     return {"Type-I solve": total - type2 - type3, "Type-II solve": type2, "Type-III solve": type3,
@@ -548,7 +551,7 @@ def _fmt_s(seconds: float) -> str:
 
 def memory_rows(s: Shape, batch: int, rate: float) -> dict[str, float]:
     """Peak device bytes per stage under the layer-by-layer design (formulas follow pipeline/capture/runner.py,
-    sensitivity.py and solver.py; BF16 weights and activations, FP64 sums)."""
+    probe_by_noise.py and layer.py; BF16 weights and activations, FP64 sums)."""
     d, big_d, L = s.hidden, s.mlp, s.layers
     weights = s.block_params * 2
     sums = 8 * (3 * d * d + big_d * big_d + (s.heads + s.kv_heads) * s.head_dim)

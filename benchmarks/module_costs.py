@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/module_costs.py                      # default model and calibration
     .venv/bin/python benchmarks/module_costs.py --cut 0.5 -- calibration=paper
 
-From the same curves ``compression.allocation=error`` reads (``pipeline.solver.module_error_curves``): for each
-layer and module, the error when that module alone loses ``--cut`` of its width, as a relative change of the
-residual stream, divided by the parameters that removes (×1e6). Also each module's error relative to its own
-output energy, the quantity the paper's per-module solvers minimise. Needs a store captured with the inverse
-residual energies (``modegpt capture``).
+From the same curves ``compression.allocation=error`` reads (``module_error_curves`` in
+``pipeline/methods/modegpt/curves.py``): for each layer and module, the error when that module alone loses ``--cut``
+of its width, as a relative change of the residual stream, divided by the parameters that removes (×1e6). Also
+each module's error relative to its own output energy, the quantity the paper's per-module solvers minimise. Needs
+a store captured with the inverse residual energies (``modegpt capture``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
@@ -20,9 +21,9 @@ from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
-from pipeline.methods import method_named
+from pipeline.methods.modegpt import ModeGPT, ModegptSettings
+from pipeline.planning import MODULE_ORDER
 from pipeline.readers import open_store
-from pipeline.solver import MODULE_ORDER, SolverSettings
 
 
 def main() -> None:
@@ -36,8 +37,8 @@ def main() -> None:
     store, _ = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     # the residual-stream unit: the KL probe's unit (the default budget's) needs the probe, which this table skips
-    settings = SolverSettings.from_config(k)
-    method = method_named("modegpt")
+    settings = dataclasses.replace(ModegptSettings.from_config(k), curve_scale="residual")
+    method = ModeGPT()
     print(f"{cfg.model.name}: error per parameter removed (x1e6, relative residual-stream change) when one module "
           f"loses {args.cut:.0%} of its width")
     print("| layer | " + " | ".join(MODULE_ORDER) + " | cheapest |")

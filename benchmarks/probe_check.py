@@ -21,10 +21,10 @@ import torch
 
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
-from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
-from pipeline.capture.sensitivity import output_sensitivity
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model
+from pipeline.methods.modegpt.probe import kl_sensitivity
+from pipeline.methods.modegpt.probe_by_noise import kl_sensitivity_by_noise
 from pipeline.readers import load_tokens
 from stages import prepare, tokenize
 
@@ -66,12 +66,12 @@ def main() -> None:
     ids = load_tokens(cfg)[0]
     cpu, batch = torch.device("cpu"), cfg.calibration.batch_size
     n = args.noise_sequences
-    noise2 = output_sensitivity(adapter, ids, batch, cpu, sequences=n, relative_noise=0.02)
-    noise4 = output_sensitivity(adapter, ids, batch, cpu, sequences=n, relative_noise=0.04)
-    grad_same = sampled_fisher_sensitivity(adapter, ids, batch, cpu, sequences=n)
+    noise2 = kl_sensitivity_by_noise(adapter, ids, batch, cpu, sequences=n, relative_noise=0.02)
+    noise4 = kl_sensitivity_by_noise(adapter, ids, batch, cpu, sequences=n, relative_noise=0.04)
+    grad_same = kl_sensitivity(adapter, ids, batch, cpu, sequences=n)
     spreads = {}
     for sequences in (8, 32):
-        runs = torch.stack([sampled_fisher_sensitivity(adapter, ids, batch, cpu, sequences=sequences, seed=s)
+        runs = torch.stack([kl_sensitivity(adapter, ids, batch, cpu, sequences=sequences, seed=s)
                             for s in range(args.seeds)])
         spreads[sequences] = runs.std(0) / runs.mean(0)
     massive = channel_ratio(adapter, ids[:n])

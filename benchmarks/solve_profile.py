@@ -18,19 +18,21 @@ import torch
 from timing import best_seconds
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline import solver
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import ArtifactPaths
 from pipeline.config import compose_config, validate
 from pipeline.dense import load_model, resolve_device
-from pipeline.methods import method_named
+from pipeline.methods import SolveInputs
+from pipeline.methods.modegpt import ModeGPT, ModegptSettings
+from pipeline.methods.modegpt import curves as modegpt_curves
+from pipeline.methods.modegpt import layer as modegpt_layer
 from pipeline.modegpt import mlp, vo
 from pipeline.readers import block_influence_of, open_store
 
 # (module, function) pairs timed inside one solve_modegpt_layer call.
-PARTS = [(mlp, "_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (solver, "vo_svd"),
-         (solver, "mlp_quadratic_error"), (solver, "vo_residual"), (solver, "head_output_energy"),
-         (solver, "cr_select")]
+PARTS = [(mlp, "_leverage_scores"), (mlp, "_nystrom_update"), (vo, "psd_sqrt_pair"), (modegpt_layer, "vo_svd"),
+         (modegpt_layer, "mlp_quadratic_error"), (modegpt_layer, "vo_residual"),
+         (modegpt_layer, "head_output_energy"), (modegpt_layer, "cr_select")]
 
 
 def timed_parts(run: Callable[[], object]) -> dict[str, float]:
@@ -66,18 +68,20 @@ def main() -> None:
     cfg = compose_config(args.overrides)
     validate(cfg)
     device = resolve_device(cfg.device)
-    store, _ = open_store(cfg)
+    store, store_manifest = open_store(cfg)
     adapter = adapter_for(load_model(cfg, ArtifactPaths(cfg).dense_model), cfg.model.family)
     heads, k = adapter.head_layout(), cfg.compression
-    settings = solver.SolverSettings.from_config(k)
+    settings = ModegptSettings.from_config(k)
     # The plan under the paper's allocation (BI): the error allocation's curves are timed on their own below.
     bi = compose_config([*args.overrides, "compression.allocation=bi"]).compression
-    plans = method_named("modegpt").plan(block_influence_of(cfg, store, adapter.num_layers), args.rate, bi, adapter)
+    inputs = SolveInputs(cfg, adapter, store, store_manifest.fingerprint,
+                         block_influence_of(cfg, store, adapter.num_layers), device)
+    plans = ModeGPT().plan(inputs, args.rate, bi)
     stats = {n: t.to(device) for n, t in store.read_layer(args.layer, verify=False).items()}
-    dense = solver.DenseLayer.from_layer(adapter.layer(args.layer), heads, device)
+    dense = modegpt_layer.DenseLayer.from_layer(adapter.layer(args.layer), heads, device)
 
     def solve_layer() -> object:
-        return solver.solve_modegpt_layer(stats, dense, plans[args.layer], heads, settings)
+        return modegpt_layer.solve_modegpt_layer(stats, dense, plans[args.layer], heads, settings)
 
     corr = stats["mlp_gram"] / stats["tokens"]
     total = best_seconds(solve_layer, device, args.repeats)
@@ -90,7 +94,10 @@ def main() -> None:
     eigh = best_seconds(lambda: mlp._leverage_from_eigh(corr, k.ridge_lambda), device, args.repeats)
     print(f"ridge leverage scores: Cholesky {cholesky:.4f} s, eigendecomposition {eigh:.4f} s")
     shape = adapter.block_shape()
-    curves = best_seconds(lambda: solver.module_error_curves(stats, dense, shape, settings, k.max_sparsity), device, 1)
+    # under curve_scale=kl the curves are scaled by the probe's result, which this timing does not need: unit values
+    probed = stats | {"sensitivity": torch.ones(2, dtype=torch.float64)}
+    curves = best_seconds(lambda: modegpt_curves.module_error_curves(probed, dense, shape, settings, k.max_sparsity),
+                          device, 1)
     print(f"module error curves (compression.allocation=error, once per layer and store): {curves:.3f} s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:

@@ -245,15 +245,12 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
            "to the model in memory: a method that can write a solved layer into its block)")
-    from pipeline.modegpt import REFITS
-
-    _check_choice("compression.mlp_refit", k.mlp_refit, REFITS)
+    for method in METHODS.values():  # every method's settings, whichever method runs: a bad value is never kept
+        method.settings_type.check(k, _check)
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
            "and can write a solved layer into its block)")
-    from pipeline.solver import CURVE_SCALES
-
-    _check_choice("compression.curve_scale", k.curve_scale, CURVE_SCALES)
+    from pipeline.methods.modegpt import CURVE_SCALES
     from pipeline.solve_identity import RULES
 
     candidates = (*CURVE_SCALES, *RULES)
@@ -273,9 +270,6 @@ def validate(cfg: DictConfig | Config) -> None:
     _check(0.0 < k.max_sparsity < 1.0, "compression.max_sparsity", k.max_sparsity, "a number in (0, 1)")
     _check(k.rate <= k.max_sparsity, "compression.rate", k.rate,
            f"at most compression.max_sparsity={k.max_sparsity}")
-    _check(k.ridge_lambda > 0, "compression.ridge_lambda", k.ridge_lambda, "a number > 0")
-    _check(k.nystrom_ridge >= 0, "compression.nystrom_ridge", k.nystrom_ridge, "a number >= 0")
-    _check(k.eig_floor > 0, "compression.eig_floor", k.eig_floor, "a number > 0")
     _check(k.round_to is None or k.round_to >= 1, "compression.round_to", k.round_to,
            "null (the shape's default) or a positive integer")
     from pipeline.engine_shapes import SHAPES

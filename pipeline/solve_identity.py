@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 CURVES_VERSION = 1  # bump when the module error curves change what they compute
 # bump when the per-layer widths a plan gives change (2: rule allocations on a width grid meet the budget)
 PLAN_VERSION = 2
-# 4: the probe's tr F by one backward pass with labels sampled from the model (pipeline.capture.sampled_fisher),
+# 4: the probe's tr F by one backward pass with labels sampled from the model (pipeline.methods.modegpt.probe),
 # in place of a noisy forward pass per module; labels drawn per calibration sequence, so batching changes nothing
 PROBE_VERSION = 4
 PROBE_SEQUENCES = 32  # calibration sequences probed (the first ones; fewer where the calibration has fewer)

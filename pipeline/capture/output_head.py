@@ -1,5 +1,6 @@
 """The model's next-token distribution from its last block's output: what every forward-pass measurement that
-compares output distributions (the KL probe, the sampled-Fisher probe, the held-out validation of a plan) shares.
+compares output distributions (the KL probe, by its backward pass or by noise; the held-out validation of a plan)
+shares.
 
 The blocks run one at a time, outside the model (layer by layer, as the capture does); what follows them (final norm,
 head) runs through the model's own forward with every block replaced by a replay of the given output, so no family's

@@ -11,11 +11,11 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import Method, UnknownMethodError, method_named
+from .base import Method, MethodSettings, SolveInputs, UnknownMethodError, method_named
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 METHODS: dict[str, type[Method]] = Method.registry
 
-__all__ = ["METHODS", "Method", "UnknownMethodError", "method_named"]
+__all__ = ["METHODS", "Method", "MethodSettings", "SolveInputs", "UnknownMethodError", "method_named"]

@@ -20,11 +20,9 @@ from torch import Tensor, nn
 
 from pipeline.adapters import LayerAdapter, ModelAdapter, adapter_for
 from pipeline.artifacts import layer_file
-from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings
 
-from .base import Method
+from .base import Method, MethodSettings, SolveInputs
 
 
 def blocks_to_remove(block_influence: Tensor, target_rate: float) -> list[int]:
@@ -41,16 +39,16 @@ class LayerRemoval(Method):
     needs_store = False  # only the Block Influence, which the plan reads
     assemblable = False
 
-    def plan(self, block_influence: Tensor, target_rate: float, compression: Any, adapter: ModelAdapter,
-             curves: list[dict[str, ModuleCurve]] | None = None) -> list[LayerPlan]:
+    def plan(self, inputs: SolveInputs, target_rate: float, compression: Any) -> list[LayerPlan]:
+        block_influence = inputs.block_influence
         removed = set(blocks_to_remove(block_influence, target_rate))
-        shape = adapter.block_shape()
+        shape = inputs.adapter.block_shape()
         full = LayerPlan(0.0, shape.intermediate_size, shape.heads.head_dim, shape.heads.head_dim)
         gone = LayerPlan(1.0, 0, 0, 0)
         return [gone if i in removed else full for i in range(block_influence.numel())]
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
-                    plan: LayerPlan, settings: SolverSettings, device: torch.device
+                    plan: LayerPlan, settings: MethodSettings, device: torch.device
                     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         return {"removed": torch.tensor([plan.sparsity == 1.0])}, {}
 

@@ -13,9 +13,8 @@ from pipeline.adapters import LayerAdapter, ModelAdapter, adapter_for
 from pipeline.artifacts import layer_file
 from pipeline.modegpt import F64, svd_rank_for_sparsity, truncated_svd
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings
 
-from .base import Method
+from .base import Method, MethodSettings
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "gate_proj", "down_proj")
 
@@ -26,7 +25,7 @@ class WeightSVD(Method):
     assemblable = False  # a solve-only baseline: benchmarks/quality.py evaluates it in memory
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
-                    plan: LayerPlan, settings: SolverSettings, device: torch.device
+                    plan: LayerPlan, settings: MethodSettings, device: torch.device
                     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         factors: dict[str, Tensor] = {}
         for name in LINEARS:

@@ -8,6 +8,10 @@ MLP activation (``mlp_gram``), o the attention output before o_proj (``o_in_gram
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -16,8 +20,8 @@ from pipeline.artifacts import ArtifactError
 from pipeline.capture import OPTIONAL_STATS
 from pipeline.modegpt import F64, output_error, svd_rank_for_sparsity, whitened_truncated_svd, whitening_roots
 from pipeline.plan import LayerPlan
-from pipeline.solver import SolverSettings
 
+from .base import MethodSettings
 from .weight_svd import WeightSVD
 
 # Each linear's input correlation in the store.
@@ -27,14 +31,24 @@ INPUT_GRAM = {
 }
 
 
+@dataclass(frozen=True)
+class WhitenedSettings(MethodSettings):
+    eig_floor: float  # relative eigenvalue floor of each input correlation's square root
+
+    @classmethod
+    def check(cls, compression: Any, check: Callable[[bool, str, Any, str], None]) -> None:
+        check(compression.eig_floor > 0, "compression.eig_floor", compression.eig_floor, "a number > 0")
+
+
 class WhitenedSVD(WeightSVD):
     name = "whitened_svd"
     needs_store = True
     sequential_calibration = True  # weight_svd's apply_in_place
     assemblable = False  # weight_svd's factor format: benchmarks/quality.py evaluates it in memory
+    settings_type = WhitenedSettings
 
     def solve_layer(self, layer: LayerAdapter, adapter: ModelAdapter, sums: dict[str, Tensor] | None,
-                    plan: LayerPlan, settings: SolverSettings, device: torch.device
+                    plan: LayerPlan, settings: WhitenedSettings, device: torch.device
                     ) -> tuple[dict[str, Tensor], dict[str, float]]:
         assert sums is not None, "whitened SVD needs the layer's input correlations"
         missing = [n for n in OPTIONAL_STATS if n not in sums]

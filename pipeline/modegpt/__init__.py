@@ -14,6 +14,12 @@ from pipeline.modegpt.baselines import (
     whitening_roots,
 )
 from pipeline.modegpt.budget import ModuleCurve, allocate_widths
+from pipeline.modegpt.error_curves import (
+    head_output_energy,
+    nested_mlp_residuals,
+    qk_error_curve,
+    vo_rank_residuals,
+)
 from pipeline.modegpt.mlp import (
     REFITS,
     MlpSolution,
@@ -22,12 +28,6 @@ from pipeline.modegpt.mlp import (
     nystrom_mlp,
     nystrom_update,
     ridge_leverage_scores,
-)
-from pipeline.modegpt.profile import (
-    head_output_energy,
-    nested_mlp_residuals,
-    qk_error_curve,
-    vo_rank_residuals,
 )
 from pipeline.modegpt.qk import cr_select, qk_residual, rope_frequency_index
 from pipeline.modegpt.vo import VoSolution, fold_value_bias, vo_residual, vo_svd

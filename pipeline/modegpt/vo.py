@@ -36,14 +36,14 @@ def _check_vo(corr: Tensor, w_v: Tensor, w_o: Tensor) -> tuple[int, int, int, in
     return n_kv, n_h // n_kv, d, head_dim
 
 
-def _concat_groups(w_o: Tensor, n_kv: int, group: int) -> Tensor:
+def concat_groups(w_o: Tensor, n_kv: int, group: int) -> Tensor:
     """[n_h, r, d] → [n_kv, r, g·d]: each group's output blocks side by side."""
     _, r, d = w_o.shape
     return w_o.reshape(n_kv, group, r, d).permute(0, 2, 1, 3).reshape(n_kv, r, group * d)
 
 
 def _split_groups(w_cat: Tensor, group: int) -> Tensor:
-    """Inverse of _concat_groups: [n_kv, r, g·d] → [n_kv·g, r, d]."""
+    """Inverse of concat_groups: [n_kv, r, g·d] → [n_kv·g, r, d]."""
     n_kv, r, gd = w_cat.shape
     d = gd // group
     return w_cat.reshape(n_kv, r, group, d).permute(0, 2, 1, 3).reshape(n_kv * group, r, d)
@@ -62,7 +62,7 @@ def vo_svd(corr: Tensor, w_v: Tensor, w_o: Tensor, rank: int, eig_floor: float =
     if rank == head_dim:  # exact at full rank: the whitening round trip would add only the floor's error
         return VoSolution(w_v=as_f64(w_v).clone(), w_o=as_f64(w_o).clone(), floored=0)
     sqrt_c, inv_sqrt_c, floored = psd_sqrt_pair(corr, eig_floor)
-    o_cat = _concat_groups(as_f64(w_o), n_kv, group)
+    o_cat = concat_groups(as_f64(w_o), n_kv, group)
     u, sigma, vh = torch.linalg.svd(sqrt_c @ as_f64(w_v), full_matrices=False)
     u2, sigma2, vh2 = torch.linalg.svd((sigma.unsqueeze(-1) * vh) @ o_cat, full_matrices=False)
     # The product has rank ≤ min(d, d_H, g·d); beyond that the factors are zero-padded to keep the shape.
@@ -97,8 +97,8 @@ def vo_residual(corr: Tensor, w_v: Tensor, w_o: Tensor, sol: VoSolution) -> floa
     n_kv, group, _, _ = _check_vo(corr, w_v, w_o)
     c = symmetric(corr)
     p = torch.cat([as_f64(w_v), -as_f64(sol.w_v)], dim=-1)
-    old_o = _concat_groups(as_f64(w_o), n_kv, group)
-    r = torch.cat([old_o, _concat_groups(as_f64(sol.w_o), n_kv, group)], dim=-2)
+    old_o = concat_groups(as_f64(w_o), n_kv, group)
+    r = torch.cat([old_o, concat_groups(as_f64(sol.w_o), n_kv, group)], dim=-2)
     gram_p = p.transpose(-1, -2) @ c @ p
     gram_r = r @ r.transpose(-1, -2)
     return float((gram_p * gram_r).sum().clamp_min(0.0))

@@ -80,7 +80,7 @@ def test_kill_during_solve_then_resume_is_byte_identical(tmp_path, tiny_model_di
     killed = _captured(tmp_path / "killed", tiny_model_dirs[family], family)
     ref_dir = solve.run(compose_config(ref))
     # dies as the second layer starts solving: layer 0 is on disk, layer 1 is not
-    assert run_killed("solve", "pipeline.methods.modegpt", "solve_modegpt_layer", killed, on_call=2,
+    assert run_killed("solve", "pipeline.methods.modegpt.method", "solve_modegpt_layer", killed, on_call=2,
                       after=False) == -9
     cfg = compose_config(killed)
     out = ArtifactPaths(cfg).solve()

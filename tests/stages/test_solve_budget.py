@@ -88,8 +88,8 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     (probe,) = solves.glob("sensitivity-*.safetensors")
     probed = load_file(str(probe))["sensitivity"]
     calls = []
-    real = solve.sampled_fisher_sensitivity
-    monkeypatch.setattr(solve, "sampled_fisher_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = probe.kl_sensitivity
+    monkeypatch.setattr(probe, "kl_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
     # New curves (the ridges change them), the same probe: it reads tokens and the model only.
     solve.run(compose_config([*overrides, "compression.nystrom_ridge=1e-5"]))
     solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))

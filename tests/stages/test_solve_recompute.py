@@ -4,6 +4,7 @@ from conftest import compose_config, tiny_overrides
 
 from pipeline import solve_identity
 from pipeline.artifacts import read_manifest
+from pipeline.methods.modegpt import probe
 from stages import capture, solve, tokenize
 
 
@@ -15,8 +16,8 @@ def test_a_new_probe_version_recomputes_the_solve(tmp_path, tiny_model_dirs, mon
     first = solve.run(cfg)
     assert solve.run(cfg) == first  # current: reused
     probed = []
-    real = solve.sampled_fisher_sensitivity
-    monkeypatch.setattr(solve, "sampled_fisher_sensitivity", lambda *a, **k: probed.append(1) or real(*a, **k))
+    real = probe.kl_sensitivity
+    monkeypatch.setattr(probe, "kl_sensitivity", lambda *a, **k: probed.append(1) or real(*a, **k))
     monkeypatch.setattr(solve_identity, "PROBE_VERSION", solve_identity.PROBE_VERSION + 1)
     second = solve.run(cfg)
     assert second != first and probed == [1]

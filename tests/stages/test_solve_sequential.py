@@ -15,6 +15,7 @@ from pipeline.config import ConfigError, validate
 from pipeline.dense import load_model
 from pipeline.plan import LayerSolution
 from pipeline.readers import load_solution, load_tokens, open_store
+from pipeline.solving import layers
 from stages import assemble, capture, solve, tokenize
 
 COMPARED = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "tokens")
@@ -33,13 +34,13 @@ def _sequential_cfg(tmp_path, tiny_model_dirs, family: str, **extra):
 def _record_sums(monkeypatch) -> dict[int, dict[str, torch.Tensor]]:
     """The sums each layer's solve receives, recorded as the solve stage hands them over."""
     seen: dict[int, dict[str, torch.Tensor]] = {}
-    original = solve._solve_layer
+    original = layers.solve_layer
 
     def record(method, adapter, index, sums, *args):
         seen[index] = {n: t.clone() for n, t in sums.items()}
         return original(method, adapter, index, sums, *args)
 
-    monkeypatch.setattr(solve, "_solve_layer", record)
+    monkeypatch.setattr(layers, "solve_layer", record)
     return seen
 
 
@@ -103,7 +104,7 @@ def test_sequential_solve_differs_from_the_cached_one_and_gets_its_own_artifact(
 
 def test_killed_sequential_solve_resumes_to_the_same_factors(tmp_path, tiny_model_dirs) -> None:
     cfg, overrides = _sequential_cfg(tmp_path / "a", tiny_model_dirs, "llama")
-    assert run_killed("solve", "stages.solve", "_solve_layer", overrides, on_call=1) == -9
+    assert run_killed("solve", "pipeline.solving.layers", "solve_layer", overrides, on_call=1) == -9
     target = ArtifactPaths(cfg).solve()
     assert layer_file(target, 0).exists() and not layer_file(target, 1).exists()
     solve.run(cfg)  # resumes: layer 0 is replayed from its file, layer 1 captured on its output

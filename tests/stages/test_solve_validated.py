@@ -16,6 +16,7 @@ from pipeline.calibration import CalibrationError, sample_windows
 from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.config import ConfigError, validate
 from pipeline.readers import heldout_tokens, load_tokens
+from pipeline.solving import validated
 from pipeline.tiny import random_model, tiny_config
 from stages import assemble, capture, solve, tokenize
 
@@ -65,7 +66,7 @@ def test_a_resumed_validated_solve_keeps_its_winner_without_validating_again(tmp
     manifest["status"] = "partial"
     (target / "manifest.json").write_text(json.dumps(manifest))
     layer_file(target, 1).unlink()
-    monkeypatch.setattr(solve, "heldout_kl", lambda *a, **k: pytest.fail("validated again"))
+    monkeypatch.setattr(validated, "heldout_kl", lambda *a, **k: pytest.fail("validated again"))
     assert solve.run(cfg) == target and layer_file(target, 1).exists()
 
 

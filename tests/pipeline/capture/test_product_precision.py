@@ -11,9 +11,9 @@ from conftest import compose_config, tiny_overrides
 from pipeline.artifacts import ArtifactPaths, read_manifest
 from pipeline.capture.stats import add_gram_upper, gram_blocks, mirror_upper
 from pipeline.config import ConfigError, validate
+from pipeline.methods.modegpt.layer import mlp_quadratic_error
 from pipeline.modegpt import nystrom_mlp, vo_residual, vo_svd
 from pipeline.readers import open_store
-from pipeline.solver import mlp_quadratic_error
 from stages import capture, tokenize
 
 

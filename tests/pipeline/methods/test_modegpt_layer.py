@@ -6,15 +6,9 @@ import pytest
 import torch
 
 from pipeline.adapters import adapter_for, families
+from pipeline.methods.modegpt import DenseLayer, ModegptSettings, solve_modegpt_layer
 from pipeline.modegpt import F64, nystrom_mlp
-from pipeline.solver import (
-    DenseLayer,
-    SolverSettings,
-    module_weight_params,
-    plan_layer,
-    plan_layers,
-    solve_modegpt_layer,
-)
+from pipeline.planning import module_weight_params, plan_layer, plan_layers
 from pipeline.tiny import random_model, tiny_config
 
 
@@ -37,7 +31,7 @@ def test_mlp_error_and_refit_match_the_direct_formulas(family: str) -> None:
     }
     dense = DenseLayer.from_layer(adapter.layer(1), heads, torch.device("cpu"))
     plan = plan_layer(0.4, shape, round_to=1)
-    solution, errors = solve_modegpt_layer(stats, dense, plan, heads, SolverSettings())
+    solution, errors = solve_modegpt_layer(stats, dense, plan, heads, ModegptSettings())
 
     corr = stats["mlp_gram"] / tokens
     reference = nystrom_mlp(corr, dense.down, plan.mlp_width)  # right-hand side from its own product

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.adapters import adapter_for, output_source, tiny_model_types
-from pipeline.capture import output_head, sensitivity
-from pipeline.capture.sampled_fisher import sampled_fisher_sensitivity
-from pipeline.capture.sensitivity import RELATIVE_NOISE, output_sensitivity
+from pipeline.capture import output_head
+from pipeline.methods.modegpt.probe import draw_seed, kl_sensitivity
+from pipeline.methods.modegpt.probe_by_noise import RELATIVE_NOISE, kl_sensitivity_by_noise
 from pipeline.tiny import random_model, tiny_config
 
 MODEL_TYPES = tiny_model_types()
@@ -57,7 +57,7 @@ def _exact_fisher_trace(model: torch.nn.Module, linear: torch.nn.Module) -> floa
 def test_kl_probe_estimates_the_fisher_trace() -> None:
     model = random_model(tiny_config("llama"), seed=0)
     adapter = adapter_for(model)
-    estimates = torch.stack([output_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
+    estimates = torch.stack([kl_sensitivity_by_noise(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
                              for s in range(40)]).mean(0)
     for layer, site, linear in ((0, 0, adapter.layer(0).o_proj), (1, 1, adapter.layer(1).down_proj)):
         exact = _exact_fisher_trace(model, linear)
@@ -76,7 +76,7 @@ def _naive_sensitivity(model: torch.nn.Module, adapter, ids: torch.Tensor, batch
             for site, linear in enumerate((layer.o_proj, layer.down_proj)):
                 module, cols = output_source(linear)
                 sigma = []
-                generator = torch.Generator().manual_seed(sensitivity.draw_seed(seed, number, i, site))
+                generator = torch.Generator().manual_seed(draw_seed(seed, number, i, site))
 
                 def perturb(m, args, out, cols=cols, sigma=sigma, generator=generator):
                     sigma.append(RELATIVE_NOISE * float(out[..., cols].float().square().mean().sqrt()))
@@ -100,7 +100,7 @@ def test_block_by_block_equals_whole_model_passes(model_type: str, monkeypatch: 
     ids = torch.randint(3, 120, (3, 7), generator=torch.Generator().manual_seed(1))
     # a logit budget of two positions' logits per batch row: the comparison runs in several position slices
     monkeypatch.setattr(output_head, "LOGIT_BUDGET", 2 * 2 * model.config.vocab_size)
-    streamed = output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=3, seed=3)
+    streamed = kl_sensitivity_by_noise(adapter, ids, 2, torch.device("cpu"), sequences=3, seed=3)
     with torch.no_grad():
         naive = _naive_sensitivity(model, adapter, ids, 2, seed=3)
     torch.testing.assert_close(streamed, naive, rtol=1e-4, atol=0)
@@ -111,9 +111,9 @@ def test_block_by_block_equals_whole_model_passes(model_type: str, monkeypatch: 
 def test_the_probe_reads_the_first_positions_of_the_first_sequences() -> None:
     adapter = adapter_for(random_model(tiny_config("llama"), seed=0).eval())
     ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
-    cut = output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, positions=5, seed=1)
-    torch.testing.assert_close(cut, output_sensitivity(adapter, ids[:2, :5], 2, torch.device("cpu"), seed=1))
-    assert not torch.allclose(cut, output_sensitivity(adapter, ids, 2, torch.device("cpu"), sequences=2, seed=1))
+    cut = kl_sensitivity_by_noise(adapter, ids, 2, torch.device("cpu"), sequences=2, positions=5, seed=1)
+    torch.testing.assert_close(cut, kl_sensitivity_by_noise(adapter, ids[:2, :5], 2, torch.device("cpu"), seed=1))
+    assert not torch.allclose(cut, kl_sensitivity_by_noise(adapter, ids, 2, torch.device("cpu"), sequences=2, seed=1))
 
 
 def test_batching_changes_nothing_but_the_seed_does() -> None:
@@ -122,21 +122,21 @@ def test_batching_changes_nothing_but_the_seed_does() -> None:
     adapter = adapter_for(model)
     ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
     cpu = torch.device("cpu")
-    one = output_sensitivity(adapter, ids, 1, cpu, sequences=4)
+    one = kl_sensitivity_by_noise(adapter, ids, 1, cpu, sequences=4)
     # float32 forwards of other batch shapes round differently (~1e-6 of a sensitivity); another seed moves ~10%
-    assert torch.allclose(output_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-5, atol=0)
-    assert torch.allclose(output_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-5, atol=0)
-    other = output_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1)
+    assert torch.allclose(kl_sensitivity_by_noise(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-5, atol=0)
+    assert torch.allclose(kl_sensitivity_by_noise(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-5, atol=0)
+    other = kl_sensitivity_by_noise(adapter, ids, 4, cpu, sequences=4, seed=1)
     assert not torch.allclose(other, one, rtol=1e-2, atol=0)
 
 
 # The probe the solve runs (PROBE_VERSION 4): the same tr F by one backward pass with labels the model samples.
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_sampled_fisher_estimates_the_fisher_trace(model_type: str) -> None:
+def test_the_backward_probe_estimates_the_fisher_trace(model_type: str) -> None:
     model = random_model(tiny_config(model_type), seed=0)
     adapter = adapter_for(model)
-    estimates = torch.stack([sampled_fisher_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
+    estimates = torch.stack([kl_sensitivity(adapter, IDS, 2, torch.device("cpu"), sequences=2, seed=s)
                              for s in range(40)]).mean(0)
     for layer, site, linear in ((0, 0, adapter.layer(0).o_proj), (1, 1, adapter.layer(1).down_proj)):
         ratio = float(estimates[layer, site]) / _exact_fisher_trace(model, linear)
@@ -144,14 +144,14 @@ def test_sampled_fisher_estimates_the_fisher_trace(model_type: str) -> None:
     assert all(p.grad is None for p in model.parameters())  # gradients taken for the outputs only
 
 
-def test_sampled_fisher_batching_changes_nothing_but_the_seed_does(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_backward_probe_batching_changes_nothing_but_the_seed_does(monkeypatch: pytest.MonkeyPatch) -> None:
     model = random_model(tiny_config("llama"), seed=0).eval()
     adapter = adapter_for(model)
     ids = torch.randint(3, 120, (4, 9), generator=torch.Generator().manual_seed(2))
     cpu = torch.device("cpu")
-    one = sampled_fisher_sensitivity(adapter, ids, 1, cpu, sequences=4)
+    one = kl_sensitivity(adapter, ids, 1, cpu, sequences=4)
     # several position slices of the head: the labels are drawn per sequence and slice
     monkeypatch.setattr(output_head, "LOGIT_BUDGET", 3 * 4 * model.config.vocab_size)
-    assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-4, atol=0)
-    assert torch.allclose(sampled_fisher_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-4, atol=0)
-    assert not torch.allclose(sampled_fisher_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1), one, rtol=1e-2)
+    assert torch.allclose(kl_sensitivity(adapter, ids, 4, cpu, sequences=4), one, rtol=1e-4, atol=0)
+    assert torch.allclose(kl_sensitivity(adapter, ids, 3, cpu, sequences=4), one, rtol=1e-4, atol=0)
+    assert not torch.allclose(kl_sensitivity(adapter, ids, 4, cpu, sequences=4, seed=1), one, rtol=1e-2)

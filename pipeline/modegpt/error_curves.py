@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from pipeline.modegpt._linalg import F64, as_f64, check_square, psd_sqrt_pair, symmetric
-from pipeline.modegpt.vo import _concat_groups
+from pipeline.modegpt.vo import concat_groups
 
 
 def _ridged(corr: Tensor, nystrom_ridge: float) -> tuple[Tensor, float]:
@@ -61,7 +61,7 @@ def vo_rank_residuals(corr: Tensor, w_v: Tensor, w_o: Tensor, eig_floor: float =
     n_kv, _, head_dim = w_v.shape
     group = w_o.shape[0] // n_kv
     sqrt_c, _, _ = psd_sqrt_pair(corr, eig_floor)
-    o_cat = _concat_groups(as_f64(w_o), n_kv, group)
+    o_cat = concat_groups(as_f64(w_o), n_kv, group)
     _, sigma, vh = torch.linalg.svd(sqrt_c @ as_f64(w_v), full_matrices=False)
     # (U Σ Vᵀ) W_O,cat has the singular values of Σ Vᵀ W_O,cat: a d_H × g·d problem, as in vo_svd.
     energy = torch.linalg.svdvals((sigma.unsqueeze(-1) * vh) @ o_cat).square().sum(0)  # summed over groups

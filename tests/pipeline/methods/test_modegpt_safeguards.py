@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pipeline.adapters import adapter_for
+from pipeline.methods.modegpt import DenseLayer, ModegptSettings, solve_modegpt_layer
 from pipeline.modegpt import F64, nystrom_mlp, vo_svd
-from pipeline.solver import DenseLayer, SolverSettings, plan_layer, solve_modegpt_layer
+from pipeline.planning import plan_layer
 from pipeline.tiny import random_model, tiny_config
 
 Activations = tuple[torch.Tensor, torch.Tensor]  # attention input X [N, d], MLP activations H [N, D]
@@ -61,13 +62,13 @@ def test_hostile_statistics_give_finite_factors_and_name_the_safeguards(case: st
         "tokens": torch.tensor(float(tokens), dtype=F64),
     }
     dense = DenseLayer.from_layer(adapter.layer(1), heads, torch.device("cpu"))
-    with caplog.at_level(logging.INFO, logger="pipeline.solver"):
+    with caplog.at_level(logging.INFO, logger="pipeline.methods.modegpt.layer"):
         solution, errors = solve_modegpt_layer(stats, dense, plan_layer(0.3, shape, round_to=1), heads,
-                                               SolverSettings(), layer=1)
+                                               ModegptSettings(), layer=1)
     for name, tensor in solution.to_tensors().items():
         assert torch.isfinite(tensor.double()).all(), name
     assert all(torch.isfinite(torch.tensor(v)) for v in errors.values()), errors
-    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.solver"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "pipeline.methods.modegpt.layer"]
     assert len(lines) == 1, lines  # one line per layer
     for phrase in phrases:
         assert phrase in lines[0], (phrase, lines[0])

@@ -1,13 +1,11 @@
-"""The KL probe by noise: forward passes only. The solve measures the same tr F by a backward pass
-(``pipeline.capture.sampled_fisher``: one backward pass in place of layers² noisy block passes); this estimator
-stays as its reference in the tests and in ``benchmarks/probe_check.py``, which compares the two (the quadratic
-regime, seeds, token counts).
-
+"""The KL probe by noise: forward passes only. The solve measures the same tr F by a backward pass (``probe.py``:
+one backward pass in place of layers² noisy block passes); this estimator is its reference in the tests and in
+``benchmarks/probe_check.py``, which compares the two (the quadratic regime, seeds, token counts).
 
 For a small isotropic perturbation δ ~ N(0, σ²I) of a module's output, the KL divergence between the model's
 next-token distributions before and after is ½ δᵀFδ to second order, F the Fisher information of the model's own
 predictive distribution with respect to that output; so 2·E[KL]/σ² estimates tr F, the quantity the backward pass
-of ``pipeline.capture.sampled_fisher`` measures with labels drawn from the model's own predictions.
+of ``probe.py`` measures with labels drawn from the model's own predictions.
 
 Block by block, like the capture: one block on the device at a time. Per batch of probe sequences the clean hidden
 state and one *stream* per module perturbed so far go through each block; block l adds two streams (its attention
@@ -20,7 +18,6 @@ slice are the largest tensor. Cost: about layers² block passes over the probe (
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +25,9 @@ import torch
 
 from pipeline.adapters import ModelAdapter, output_source
 from pipeline.capture.output_head import OutputHead
-from pipeline.progress import progress
 from pipeline.solve_identity import PROBE_POSITIONS, PROBE_SEED
+
+from .probe import draw_seed, run_probe
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +44,6 @@ class _Stream:
     site: int  # 0: attention output (o_proj), 1: MLP output (down_proj)
     sigma: torch.Tensor  # [batch]: each sequence's own σ
     hidden: torch.Tensor
-
-
-def draw_seed(seed: int, sequence: int, layer: int, site: int) -> int:
-    """One generator seed per (probe seed, calibration sequence, layer, module): the draws a sequence gets do not
-    depend on which batch it is in."""
-    return ((seed * 1_000_003 + sequence) * 100_003 + layer) * 2 + site
 
 
 def _perturbing(linear: Any, relative_noise: float, seeds: list[int], sigma: list[torch.Tensor]) -> Any:
@@ -110,33 +102,13 @@ def _probe_batch(adapter: ModelAdapter, batch: torch.Tensor, first: int, device:
 
 
 @torch.no_grad()
-def output_sensitivity(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
-                       sequences: int = SEQUENCES, positions: int = POSITIONS, relative_noise: float = RELATIVE_NOISE,
-                       seed: int = PROBE_SEED) -> torch.Tensor:
+def kl_sensitivity_by_noise(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
+                            sequences: int = SEQUENCES, positions: int = POSITIONS,
+                            relative_noise: float = RELATIVE_NOISE, seed: int = PROBE_SEED) -> torch.Tensor:
     """[layers, 2] float64: 2·Σ_t KL(p_t ‖ p_t^δ) / (σ² · tokens) at every layer's attention output (o_proj, column
     0) and MLP output (down_proj, column 1), over the first ``positions`` tokens of the first ``sequences``
     calibration sequences. Blocks go to ``device`` one at a time; the model ends where it was."""
     def add(batch: torch.Tensor, first: int, totals: torch.Tensor) -> None:
         _probe_batch(adapter, batch, first, device, relative_noise, seed, totals)
 
-    return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "KL probe", add)
-
-
-def run_probe(adapter: ModelAdapter, probe: torch.Tensor, batch_size: int, device: torch.device, name: str,
-              add_batch: Callable[[torch.Tensor, int, torch.Tensor], None]) -> torch.Tensor:
-    """The drive both probe estimators share: the non-block modules on ``device`` (blocks go one at a time), each
-    batch's per-module sums added by ``add_batch(batch, first sequence, totals)``, then per token ([layers, 2])."""
-    totals = torch.zeros(adapter.num_layers, 2, dtype=torch.float64)
-    home = next(adapter.model.get_input_embeddings().parameters()).device
-    adapter.move_non_layer_modules(device)
-    try:
-        batches = list(enumerate(probe.split(batch_size)))
-        for number, batch in progress(batches, desc=name, unit="batch"):
-            add_batch(batch.to(device), number * batch_size, totals)
-    finally:
-        adapter.move_non_layer_modules(home)
-    tokens = probe.numel()
-    log.info("%s from %d tokens: attention %.3g..%.3g, MLP %.3g..%.3g", name, tokens,
-             float(totals[:, 0].min() / tokens), float(totals[:, 0].max() / tokens),
-             float(totals[:, 1].min() / tokens), float(totals[:, 1].max() / tokens))
-    return totals / tokens
+    return run_probe(adapter, input_ids[:sequences, :positions], batch_size, device, "KL probe by noise", add)
