@@ -48,7 +48,7 @@ from pipeline.evaluation.plots import plot_vs_rate
 from pipeline.evaluation.reporting import claim_warnings, ratio_pm
 from pipeline.evaluation.retention import retention_figures
 from pipeline.evaluation.tasks import PAPER_TASKS
-from pipeline.methods import method_named
+from pipeline.methods import Method, method_named
 from pipeline.readers import load_solution
 from stages import capture, prepare, solve, tokenize
 
@@ -92,8 +92,10 @@ DEFAULT_METHODS = ["modegpt", "paper", "uniform", "weight_svd", "layer_removal",
 
 
 def uses_temperature(row: dict[str, Any]) -> bool:
-    """Rows whose allocation reads the BI temperature (the others show no ε)."""
-    return row.get("allocation") == "bi" and row.get("solver") == "modegpt"
+    """Rows whose allocation reads the BI temperature (the others show no ε): allocation=bi under a method that plans
+    by the shared rules (``Method.plan``), not by its own."""
+    method = Method.registry.get(row.get("solver", ""))
+    return row.get("allocation") == "bi" and method is not None and method.plan is Method.plan
 
 
 def weights_digest(model: torch.nn.Module) -> str:
