@@ -7,6 +7,7 @@ import pytest
 from conftest import compose_config, tiny_overrides
 
 from pipeline.artifacts import ArtifactError, ArtifactPaths
+from pipeline.solving import layers as layers_module
 from stages import capture, cli, solve, tokenize
 
 
@@ -14,7 +15,7 @@ def test_disk_full_while_solving_keeps_finished_layers_and_resumes(tmp_path: Pat
     cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
     tokenize.run(cfg)
     capture.run(cfg)
-    real_save = solve.save_file
+    real_save = layers_module.save_file
     calls = []
 
     def save_until_full(tensors, filename, metadata=None):
@@ -25,14 +26,14 @@ def test_disk_full_while_solving_keeps_finished_layers_and_resumes(tmp_path: Pat
             raise OSError(errno.ENOSPC, "No space left on device", filename)
         return real_save(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(solve, "save_file", save_until_full)
+    monkeypatch.setattr(layers_module, "save_file", save_until_full)
     with pytest.raises(OSError) as info:
         solve.run(cfg)
     message = cli.user_error(info.value)
     assert message is not None and "no space left" in message and "\n" not in message
     layers = ArtifactPaths(cfg).solve() / "layers"
     assert sorted(p.name for p in layers.iterdir()) == ["00000.safetensors"]  # no torn file left behind
-    monkeypatch.setattr(solve, "save_file", real_save)
+    monkeypatch.setattr(layers_module, "save_file", real_save)
     solve.run(cfg)
     assert len(list(layers.iterdir())) == 3
 
