@@ -269,7 +269,9 @@ def _validate(cfg: Any, store: Any, adapter: Any, method: Method, candidates: di
 
     kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
     chosen = min(kl, key=kl.__getitem__)
-    for index, path in files[chosen].items():
+    # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
+    # solved again on the compressed layers below them
+    for index, path in files[chosen].items() if not k.sequential else ():
         with atomic_path(layer_file(target, index)) as tmp:  # a plan two candidates share has one file: copy
             shutil.copyfile(path, tmp)
     shutil.rmtree(scratch)
