@@ -112,6 +112,8 @@ def test_ls_lists_module_curves_and_gc_removes_one(two_calibrations, monkeypatch
         key = path.relative_to(pa.root).as_posix()
         line = next(line for line in listed if key in line)
         assert line.split()[:2] == ["curves", "complete"] and "method=modegpt" in line
+    (held,) = pa.solves.glob("heldout-*.safetensors")  # the validation's held-out windows, listed like the curves
+    assert next(line for line in listed if held.name in line).split()[:2] == ["heldout", "complete"]
     key = curves[0].relative_to(pa.root).as_posix()
     modegpt(["gc", root, key], monkeypatch)
     assert f"removed curves {key}" in capsys.readouterr().out

@@ -131,7 +131,9 @@ def test_heldout_windows_are_the_next_ones_and_never_calibration_windows(tmp_pat
     ids = heldout_tokens(cfg, 4)
     assert ids.shape == (4, 32) and torch.equal(heldout_tokens(cfg, 4), ids)
     assert not {tuple(r) for r in ids.tolist()} & {tuple(r) for r in load_tokens(cfg)[0].tolist()}
-    assert ArtifactPaths(cfg).heldout_tokens(4).exists()
+    paths = ArtifactPaths(cfg)
+    held = list(paths.solves.glob("heldout-*.safetensors"))  # beside the solves, not in the tokenize artifact
+    assert len(held) == 1 and not list(paths.tokens.glob("heldout*"))
 
 
 @pytest.mark.parametrize(("override", "message"), [
