@@ -20,7 +20,8 @@ PLAN_VERSION = 2
 # in place of a noisy forward pass per module; labels drawn per calibration sequence, so batching changes nothing
 PROBE_VERSION = 4
 # calibration sequences probed (the first ones; fewer where the calibration has fewer). 8 gives SmolLM2's
-# sensitivities within a near-uniform factor of 32's (log correlation 0.99998 per module type) at a quarter of the cost
+# sensitivities within a near-uniform factor of 32's, the same plans, at a quarter of the cost (benchmarks/RESULTS.md,
+# "A quarter of the probe")
 PROBE_SEQUENCES = 8
 PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
 PROBE_SEED = 0

@@ -62,8 +62,8 @@ def heldout_kl(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, 
         for number, batch in enumerate(batches):
             head = OutputHead(adapter.model, blocks, templates[number], batch)
             for positions in head.slices:
-                # FP32 distributions (a KL of a candidate differs from another's in the second digit, FP32 rounding
-                # in the seventh), each position's KL summed in FP64: half the time of FP64 throughout
+                # FP32 distributions (candidates' KLs differ in the second digit, far above FP32's rounding), each
+                # position's KL summed in FP64: the head's step took 18.5 s instead of 29 s on SmolLM2 (RESULTS)
                 reference = head.log_probs(dense[number].to(device), positions, torch.float32)
                 probabilities = reference.exp()
                 for name, hidden in streams.items():
