@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from pipeline import solve_identity
-from pipeline.artifacts import SOLVE, ArtifactPaths, fingerprint, layer_file, require_complete
+from pipeline.artifacts import PLAN, SOLVE, ArtifactPaths, fingerprint, layer_file, require_complete
 from pipeline.config import compose_config, validate
 from pipeline.readers import open_store
 
@@ -33,7 +33,7 @@ def compare_solves(base: list[str], a: list[str], b: list[str]) -> None:
         target = ArtifactPaths(cfg).solve()
         require_complete(target, SOLVE, "solve artifact")
         dirs.append(target)
-    plans = [json.loads((d / "plan.json").read_text())["layers"] for d in dirs]
+    plans = [json.loads((d / PLAN).read_text())["layers"] for d in dirs]
     print(f"a: {dirs[0]}\nb: {dirs[1]}\nsame plan: {plans[0] == plans[1]}")
     worst, where = 0.0, ""
     for index in range(len(plans[0])):
