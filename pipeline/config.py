@@ -53,7 +53,7 @@ class CompressionConfig:
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
     # error (one budget across modules and layers from their error curves) | bi (Block Influence: the paper) |
     # uniform | validated (the candidate below whose compressed model is closest to the dense one on held-out text)
-    allocation: str = "error"
+    allocation: str = "validated"
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
     ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
@@ -67,11 +67,11 @@ class CompressionConfig:
     round_to: int | None = None
     mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
-    # solve stage (the shared store still gives the plan); false: every layer from the dense model's store.
+    # solve stage (the shared store still gives the plan, validated too); false: every layer from the dense store.
     sequential: bool = False
-    # Read by allocation=error only: each module's error in units of kl (the model's output sensitivity to the
-    # module's output: the trace of the Fisher of its own predictions there, by one backward pass) or residual
-    # (E 1/‖h‖², the next norm's view: no probe)
+    # Read by allocation=error (under validated, a candidate names its unit): each module's error in units of kl
+    # (the model's output sensitivity to the module's output: the trace of the Fisher of its own predictions there,
+    # by one backward pass) or residual (E 1/‖h‖², the next norm's view: no probe)
     curve_scale: str = "kl"
     # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
     # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
@@ -261,8 +261,6 @@ def validate(cfg: DictConfig | Config) -> None:
            "compression.candidates", list(k.candidates), "distinct names, at least one with allocation=validated")
     _check(k.validation_sequences > 0, "compression.validation_sequences", k.validation_sequences,
            "a positive integer")
-    _check(k.allocation != "validated" or not k.sequential, "compression.allocation", k.allocation,
-           "error, bi or uniform with compression.sequential=true (validation solves every candidate from the store)")
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")
     for r in k.rates:
         _check(0.0 <= r < 1.0, "compression.rates", list(k.rates), "numbers in [0, 1)")

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from pipeline.artifacts.atomic import atomic_path
+from pipeline.artifacts.atomic import atomic_path, fingerprint
 from pipeline.artifacts.expected import (
     ASSEMBLE,
     CAPTURE,
@@ -110,7 +110,7 @@ def checkpoint_dir(cfg: Any, rate: float | None = None) -> Path:
 
 def heldout_tokens(cfg: Any, count: int) -> torch.Tensor:
     """[count, L] held-out windows of the calibration source (allocation=validated): the calibration permutation's
-    next ones, so no captured token is among them. Sampled once, by the first solve that asks, beside the tokens
+    next ones, so no captured token is among them. Sampled once, by the first solve that asks, beside the solves
     (``ArtifactPaths.heldout_tokens``); a file made by another sampling rule or count is sampled again."""
     from pipeline.calibration import calibration_stream, sample_windows
     from pipeline.dense import load_tokenizer
@@ -118,9 +118,9 @@ def heldout_tokens(cfg: Any, count: int) -> torch.Tensor:
 
     load_tokens(cfg)  # the calibration windows these are held out from exist and are current
     paths, c = ArtifactPaths(cfg), cfg.calibration
-    path = paths.heldout_tokens(count)
-    key = json.dumps({"calibration": paths.calibration_key, "count": count, "version": VALIDATION_VERSION},
-                     sort_keys=True)
+    made_for = {"calibration": paths.calibration_key, "count": count, "version": VALIDATION_VERSION}
+    key = json.dumps(made_for, sort_keys=True)
+    path = paths.heldout_tokens(fingerprint(made_for))
     if path.exists():
         with safe_open(str(path), "pt") as handle:
             if (handle.metadata() or {}).get("key") == key:

@@ -133,10 +133,9 @@ def run_command(name: str, args: list[str]) -> None:
                          + (f": expected {', '.join(allowed)}" if allowed else ""))
     if names and not takes_names:
         raise SystemExit(f"modegpt: error: {name} takes only key=value overrides, got {names[0]!r}")
-    _check_retired(overrides)
     register_configs()
     try:
-        cfg = compose_config(overrides)
+        cfg = compose_config(overrides)  # refuses a retired option in one line too
     except Exception as e:  # Hydra/OmegaConf composition errors
         raise SystemExit(f"modegpt: error: {_one_line(e)}") from None
     try:
@@ -166,7 +165,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _check_retired(args: list[str]) -> None:
     """Overrides that name a retired option (``pipeline.config.RETIRED``), refused in one line before Hydra composes
-    (a key gone from the schema would fail there in several), for single runs and sweeps alike."""
+    a stage's job (a key gone from the schema would fail there in several), for single runs and sweeps alike; the
+    other commands compose through ``compose_config``, which refuses them itself."""
     try:
         refuse_retired([a for a in args if not a.startswith("-")])
     except ConfigError as e:

@@ -156,7 +156,7 @@ def run(cfg: Any) -> Path:
                             "run `modegpt evaluate` first")
     out = paths.report
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)  # a report killed mid-write (benchmarks/soak.py found one) is rewritten whole
+    remove_stale_temps(out)  # a report killed mid-write (tests/stages/test_soak.py found one) is rewritten whole
 
     def ppl(r: dict[str, Any]) -> float | None:
         return r["wikitext2"]["perplexity"] if "wikitext2" in r else None

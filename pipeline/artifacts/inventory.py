@@ -33,8 +33,8 @@ SHOWN = {"prepare": ("source", "gguf_file"), "tokenize": ("source", "path", "num
 FIXED = {"cache/eval-requests": ("cache", "lm-eval request answers"), "logs": ("logs", "Hydra job logs")}
 TEMP = re.compile(r"\..+\.(tmp|old-\d+)")  # atomic_dir's and atomic_path's temp names
 VALUE_WIDTH = 40
-# ArtifactPaths.module_curves and .output_sensitivity: files beside the solves, shared by every rate
-SOLVE_FILES = re.compile(r"(curves|sensitivity)-[0-9a-f]+\.safetensors")
+# ArtifactPaths.module_curves, .output_sensitivity and .heldout_tokens: files beside the solves, shared by every rate
+SOLVE_FILES = re.compile(r"(curves|sensitivity|heldout)-[0-9a-f]+\.safetensors")
 
 
 @dataclass
@@ -105,8 +105,8 @@ def _entry(d: Path, rel: str, key: str, files: list[str], is_store: bool) -> Ent
 
 
 def _solve_file_entry(f: Path, key: str) -> Entry:
-    """A module-error-curves or KL-probe file (allocation=error), labelled with the store and setting it was made
-    for."""
+    """A module-error-curves, KL-probe or held-out-tokens file beside the solves, labelled with the store and setting
+    it was made for."""
     from safetensors import safe_open
 
     produced = ""
@@ -115,7 +115,7 @@ def _solve_file_entry(f: Path, key: str) -> Entry:
             made_for = json.loads((handle.metadata() or {}).get("key", "{}"))
         # the curves' key nests the compression fields; the probe's holds curve_scale at the top
         fields = made_for | made_for.get("compression", {})
-        produced = " ".join(f"{k}={_value(fields[k])}" for k in ("store", "method", "curve_scale")
+        produced = " ".join(f"{k}={_value(fields[k])}" for k in ("store", "method", "curve_scale", "count")
                             if k in fields)
     kind = f.name.split("-", 1)[0]
     return Entry(f, key, kind, "complete", f.stat().st_size, produced)
@@ -273,7 +273,7 @@ def collect_garbage(cfg: Any, names: list[str], dry_run: bool = False) -> list[s
         if all(_abs(e.path) != path for e in inside):
             lines.append(f"{verb} the directory {path} that holds them")
         if not dry_run:
-            if path.is_file():  # a curves or sensitivity file
+            if path.is_file():  # a curves, sensitivity or held-out tokens file
                 path.unlink()
             else:
                 shutil.rmtree(path)

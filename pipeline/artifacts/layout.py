@@ -150,10 +150,11 @@ class ArtifactPaths:
     def tokens_file(self) -> Path:
         return self.tokens / TOKENS_FILE
 
-    def heldout_tokens(self, count: int) -> Path:
-        """``count`` held-out windows beside the calibration's (allocation=validated), made by the solve that
-        first asks: keyed by the tokens' key (the directory) and the count, the sampling rule in its metadata."""
-        return self.tokens / f"heldout-{count}.safetensors"
+    def heldout_tokens(self, key: str) -> Path:
+        """Held-out windows of the calibration source (allocation=validated) beside the solves that read them, not
+        in the tokenize stage's artifact: named by a digest of the calibration's key, the count and the sampling
+        rule, which its metadata holds in full."""
+        return self.solves / f"heldout-{key[:12]}.safetensors"
 
     @property
     def store(self) -> Path:

@@ -63,7 +63,7 @@ class OutputHead:
         step = max(1, LOGIT_BUDGET // max(1, batch.shape[0] * vocab))
         self.slices = [slice(a, a + step) for a in range(0, batch.shape[1], step)]
 
-    def log_probs(self, hidden: torch.Tensor, positions: slice) -> torch.Tensor:
+    def log_probs(self, hidden: torch.Tensor, positions: slice, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         with _blocks_returning(self.blocks, as_block_output(self.template, hidden[:, positions])):
             logits = self.model(input_ids=self.batch[:, positions], use_cache=False).logits
-        return F.log_softmax(logits.double(), dim=-1)
+        return F.log_softmax(logits.to(dtype), dim=-1)

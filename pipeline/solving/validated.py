@@ -39,7 +39,8 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
                         ) -> tuple[str, dict[str, Any]]:
     """Solve every candidate layer by layer (a plan two candidates share, once), score each
     by the KL of its compressed model to the dense one on held-out sequences, and move the winner's solved layers
-    into the solve (so the winner costs no second solve). Returns the winner and the table for plan.json."""
+    into the solve (so the winner costs no second solve; under sequential calibration the
+    winner's plan is solved again, layer on compressed layer). Returns the winner and the table for plan.json."""
     k = cfg.compression
     start = time.perf_counter()
     heldout = heldout_tokens(cfg, k.validation_sequences)
@@ -64,7 +65,9 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
 
     kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
     chosen = min(kl, key=kl.__getitem__)
-    for index, path in files[chosen].items():
+    # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
+    # solved again on the compressed layers below them
+    for index, path in files[chosen].items() if not k.sequential else ():
         with atomic_path(layer_file(target, index)) as tmp:  # a plan two candidates share has one file: copy
             shutil.copyfile(path, tmp)
     shutil.rmtree(scratch)

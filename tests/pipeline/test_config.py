@@ -13,7 +13,7 @@ def test_default_config_composes_and_validates() -> None:
     assert cfg.model.name == "smollm2-135m"
     assert cfg.model.source_kind == "gguf_package"
     assert cfg.calibration.num_samples == 32 and cfg.calibration.seq_len == 512
-    assert cfg.compression.allocation == "error" and cfg.compression.mlp_refit == "shrink"
+    assert cfg.compression.allocation == "validated" and cfg.compression.mlp_refit == "shrink"
 
 
 def test_paper_preset_is_the_papers_algorithm() -> None:

@@ -102,13 +102,19 @@ def test_ls_lists_module_curves_and_gc_removes_one(two_calibrations, monkeypatch
     a, _ = two_calibrations
     pa = ArtifactPaths(compose_config(a))
     curves = sorted(pa.solves.glob("curves-*.safetensors"))
-    assert len(curves) == 1  # the default allocation=error made them beside the solves
+    # the default allocation=validated made one set per unit among its candidates (kl, residual) beside the solves
+    assert len(curves) == 2
     root = f"paths.root={pa.root}"
     capsys.readouterr()
     modegpt(["ls", root], monkeypatch)
+    listed = capsys.readouterr().out.splitlines()
+    for path in curves:
+        key = path.relative_to(pa.root).as_posix()
+        line = next(line for line in listed if key in line)
+        assert line.split()[:2] == ["curves", "complete"] and "method=modegpt" in line
+    (held,) = pa.solves.glob("heldout-*.safetensors")  # the validation's held-out windows, listed like the curves
+    assert next(line for line in listed if held.name in line).split()[:2] == ["heldout", "complete"]
     key = curves[0].relative_to(pa.root).as_posix()
-    line = next(line for line in capsys.readouterr().out.splitlines() if key in line)
-    assert line.split()[:2] == ["curves", "complete"] and "method=modegpt" in line
     modegpt(["gc", root, key], monkeypatch)
     assert f"removed curves {key}" in capsys.readouterr().out
-    assert not curves[0].exists() and pa.solve().is_dir()
+    assert not curves[0].exists() and curves[1].exists() and pa.solve().is_dir()

@@ -12,7 +12,8 @@ from stages import capture, cli, solve, tokenize
 
 
 def test_disk_full_while_solving_keeps_finished_layers_and_resumes(tmp_path: Path, tiny_model_dirs, monkeypatch):
-    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama"))
+    cfg = compose_config(tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama",
+                                        **{"compression.allocation": "error"}))  # one plan's layers, no candidates
     tokenize.run(cfg)
     capture.run(cfg)
     real_save = layers_module.save_file

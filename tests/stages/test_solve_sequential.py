@@ -23,7 +23,7 @@ COMPARED = ("attn_gram", "mlp_gram", "q_energy", "k_energy", "tokens")
 
 def _sequential_cfg(tmp_path, tiny_model_dirs, family: str, **extra):
     overrides = tiny_overrides(tmp_path, tiny_model_dirs[family], family, **{
-        "compression.sequential": "true", "compression.rate": 0.3, **extra})
+        "compression.sequential": "true", "compression.rate": 0.3, "compression.allocation": "error", **extra})
     cfg = compose_config(overrides)
     validate(cfg)
     tokenize.run(cfg)

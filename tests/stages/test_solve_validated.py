@@ -70,6 +70,31 @@ def test_a_resumed_validated_solve_keeps_its_winner_without_validating_again(tmp
     assert solve.run(cfg) == target and layer_file(target, 1).exists()
 
 
+def test_under_sequential_calibration_validation_chooses_the_plan_and_the_sequential_solve_makes_it(
+        tmp_path, tiny_model_dirs) -> None:
+    overrides = tiny_overrides(tmp_path, tiny_model_dirs["llama"], "llama", **VALIDATED,
+                               **{"compression.sequential": "true"})
+    cfg = compose_config(overrides)
+    validate(cfg)
+    tokenize.run(cfg)
+    capture.run(cfg)
+    target = solve.run(cfg)
+    plan = _plans(target)
+    assert read_manifest(target).extra["sequential"] is True and plan["chosen"] in plan["validation"]["kl_to_dense"]
+    alone = {"bi": ["compression.allocation=bi"], "uniform": ["compression.allocation=uniform"]}.get(
+        plan["chosen"], ["compression.allocation=error", f"compression.curve_scale={plan['chosen']}"])
+    single = solve.run(compose_config([*overrides, *alone]))  # the chosen plan, solved sequentially alone
+    plain = solve.run(compose_config([*overrides, "compression.sequential=false"]))
+    from safetensors.torch import load_file
+
+    for index in range(len(plan["layers"])):
+        mine = load_file(str(layer_file(target, index)))
+        assert all(torch.equal(mine[n], t) for n, t in load_file(str(layer_file(single, index))).items())
+    differs = [not all(torch.equal(load_file(str(layer_file(target, i)))[n], t)
+                       for n, t in load_file(str(layer_file(plain, i))).items()) for i in range(1, len(plan["layers"]))]
+    assert any(differs)  # above layer 0 the sequential statistics are not the dense store's
+
+
 def test_heldout_kl_streams_blocks_as_the_whole_model_computes() -> None:
     torch.manual_seed(0)
     model = random_model(tiny_config("llama")).eval()
@@ -107,7 +132,9 @@ def test_heldout_windows_are_the_next_ones_and_never_calibration_windows(tmp_pat
     ids = heldout_tokens(cfg, 4)
     assert ids.shape == (4, 32) and torch.equal(heldout_tokens(cfg, 4), ids)
     assert not {tuple(r) for r in ids.tolist()} & {tuple(r) for r in load_tokens(cfg)[0].tolist()}
-    assert ArtifactPaths(cfg).heldout_tokens(4).exists()
+    paths = ArtifactPaths(cfg)
+    held = list(paths.solves.glob("heldout-*.safetensors"))  # beside the solves, not in the tokenize artifact
+    assert len(held) == 1 and not list(paths.tokens.glob("heldout*"))
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -31,6 +31,6 @@ def test_multirun_sweep_captures_once(tmp_path: Path, tiny_model_dirs) -> None:
         assert metrics["rate"] == rate and metrics["compressed"] and "retention" in metrics
         assert (paths.checkpoint(rate) / "config.json").is_file()
     report = (paths.report / "report.md").read_text()
-    assert report.count("| modegpt-error") == 3
+    assert report.count("| modegpt-validated") == 3
     for png in ("perplexity_vs_rate.png", "zero_shot_vs_rate.png", "kept_dims.png"):
         assert (paths.report / png).read_bytes()[:4] == b"\x89PNG"

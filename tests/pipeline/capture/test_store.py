@@ -81,7 +81,7 @@ def test_layer_writer_writes_in_order_and_reraises_a_failed_write(tmp_path: Path
 
 def test_a_resumed_capture_removes_chunk_temp_files_a_kill_left(tmp_path: Path) -> None:
     """zarr writes each chunk to a *.partial file and renames it: a SIGKILL in between leaves the temp file
-    (found by benchmarks/soak.py); the next capture of the store deletes it, and no finished chunk."""
+    (found by the soak, tests/stages/test_soak.py); the next capture of the store deletes it, and no finished chunk."""
     store, written = _store(tmp_path)
     chunk = next(p for p in store.zarr_path.rglob("*") if p.is_file() and "/c/" in p.as_posix())
     stale = chunk.with_name(chunk.name + ".0f1e2d3c4b5a69788796a5b4c3d2e1f0.partial")
