@@ -146,7 +146,7 @@ test-oldest: $(STAMP)
 	$(OLDEST_VENV)/bin/pytest -q $(or $(PYTEST_ARGS),tests/pipeline/modeling tests/stages/test_assemble.py)
 
 # params.yaml is the composed default config, committed for `dvc repro` (which never composes Hydra configs).
-params.yaml: $(STAMP) $(wildcard conf/*.yaml conf/*/*.yaml) pipeline/config.py
+params.yaml: $(STAMP) $(wildcard conf/*.yaml conf/*/*.yaml) pipeline/config.py $(wildcard pipeline/methods/*.py pipeline/methods/*/settings.py)
 	{ echo "# Composed from conf/ (the default job): \`make params.yaml\` regenerates it. DVC reads its keys;"; \
 	  echo "# stages run with --config-path \"\$$PWD\" --config-name params, so \`dvc exp run -S key=value\` takes effect."; \
 	  $(VENV)/bin/modegpt prepare --cfg job --resolve; } > $@

@@ -6,6 +6,9 @@ composes; :func:`validate` then checks ranges and choices, so a bad override fai
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +51,8 @@ class CalibrationConfig:
 
 @dataclass
 class CompressionConfig:
+    """The fields every method reads; each method's own options join them in ``compression_schema``."""
+
     method: str = "modegpt"  # a registered method (pipeline.methods): modegpt | weight_svd
     rate: float = 0.25  # target fraction of decoder-block linear parameters removed
     rates: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.25, 0.3, 0.4])  # for sweeps / DVC
@@ -56,23 +61,15 @@ class CompressionConfig:
     allocation: str = "validated"
     temperature: float = 0.1  # epsilon of the BI softmax allocation
     max_sparsity: float = 0.85  # cap on any layer's sparsity
-    ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
-    nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
-    eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
     # What the compressed model must be to load in serving engines (pipeline.engine_shapes): free (any widths,
     # transformers only) | deci (attention whole, per-layer MLP widths: vLLM, SGLang, TRT-LLM, llama.cpp) |
     # stock (attention whole, one MLP width: the family's own class, every engine)
     shape: str = "deci"
     # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
     round_to: int | None = None
-    mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows) | paper (ridge toward 0)
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
     # solve stage (the shared store still gives the plan, validated too); false: every layer from the dense store.
     sequential: bool = False
-    # Read by allocation=error (under validated, a candidate names its unit): each module's error in units of kl
-    # (the model's output sensitivity to the module's output: the trace of the Fisher of its own predictions there,
-    # by one backward pass) or residual (E 1/‖h‖², the next norm's view: no probe)
-    curve_scale: str = "kl"
     # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
     # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
     # held-out sequences: the next validation_sequences windows of the calibration source, never captured
@@ -173,13 +170,33 @@ def refuse_retired(overrides: list[str]) -> None:
             raise ConfigError(message)
 
 
+@functools.cache
+def compression_schema() -> type:
+    """The ``compression`` group's schema: ``CompressionConfig`` and every registered method's settings fields
+    (``MethodSettings.config_fields``), so a method's option is declared once, beside the method. Two methods may
+    share a field (both read ``eig_floor``) only with one type and default. Imports the methods (and torch)."""
+    from pipeline.methods import METHODS
+
+    own = {f.name for f in dataclasses.fields(CompressionConfig)}
+    declared: dict[str, tuple[Any, Any]] = {}  # name: (type, default)
+    for method in METHODS.values():
+        hints = typing.get_type_hints(method.settings_type)
+        for f in method.settings_type.config_fields():
+            if f.name in own:
+                raise TypeError(f"{method.settings_type.__name__}.{f.name} is already a CompressionConfig field")
+            if declared.setdefault(f.name, (hints[f.name], f.default)) != (hints[f.name], f.default):
+                raise TypeError(f"compression.{f.name} is declared twice with another type or default")
+    fields = [(name, kind, field(default=default)) for name, (kind, default) in declared.items()]
+    return dataclasses.make_dataclass("CompressionConfig", fields, bases=(CompressionConfig,))
+
+
 def register_configs() -> None:
     """Register the schemas with Hydra's ConfigStore (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     cs.store(group="model", name="schema", node=ModelConfig)
     cs.store(group="calibration", name="schema", node=CalibrationConfig)
-    cs.store(group="compression", name="schema", node=CompressionConfig)
+    cs.store(group="compression", name="schema", node=compression_schema())
     cs.store(group="eval", name="schema", node=EvalConfig)
     cs.store(group="paths", name="schema", node=PathsConfig)
     cs.store(group="export", name="schema", node=ExportConfig)

@@ -45,9 +45,9 @@ def _plain(value: Any) -> Any:
 def compression_fields(compression: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every field of the compression schema but the sweep's (and ``skip``), as plain values, and the retired ones
     at the value that stayed (``RETIRED_FIELDS``)."""
-    from pipeline.config import CompressionConfig
+    from pipeline.config import compression_schema
 
-    return RETIRED_FIELDS | {f.name: _plain(compression[f.name]) for f in dataclasses.fields(CompressionConfig)
+    return RETIRED_FIELDS | {f.name: _plain(compression[f.name]) for f in dataclasses.fields(compression_schema())
                              if f.name not in SWEEP_FIELDS + skip}
 
 

@@ -18,15 +18,24 @@ from pipeline.modegpt import ModuleCurve
 from pipeline.plan import LayerPlan
 from pipeline.planning import cut_fraction, layer_sparsities, plan_from_curves, plan_layer, plan_layers
 
+# A settings field with this metadata is worked out from other config fields in ``from_config``, not a config field.
+DERIVED = {"derived": True}
+
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """A method's solver settings. Each field is read from the ``compression`` field of the same name, so a new
-    setting is one field here and one in the schema, with no list of positions to keep in step."""
+    """A method's solver settings, and the compression schema's fields for them: each field (with its type, default
+    and comment) is a ``compression`` field of the same name (``pipeline.config.compression_schema`` adds it), read
+    back by name, so a new setting is one field here."""
+
+    @classmethod
+    def config_fields(cls) -> list[dataclasses.Field]:
+        """The fields that are ``compression`` fields (all but ``DERIVED`` ones)."""
+        return [f for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
 
     @classmethod
     def config_values(cls, compression: Any) -> dict[str, Any]:
-        return {f.name: compression[f.name] for f in dataclasses.fields(cls)}
+        return {f.name: compression[f.name] for f in cls.config_fields()}
 
     @classmethod
     def from_config(cls, compression: Any) -> MethodSettings:

@@ -33,7 +33,7 @@ INPUT_GRAM = {
 
 @dataclass(frozen=True)
 class WhitenedSettings(MethodSettings):
-    eig_floor: float  # relative eigenvalue floor of each input correlation's square root
+    eig_floor: float = 1e-8  # relative eigenvalue floor of each input correlation's square root
 
     @classmethod
     def check(cls, compression: Any, check: Callable[[bool, str, Any, str], None]) -> None:

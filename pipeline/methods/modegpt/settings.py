@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.engine_shapes import width_multiple
-from pipeline.methods.base import MethodSettings
+from pipeline.methods.base import DERIVED, MethodSettings
 from pipeline.modegpt import REFITS
 
-# compression.curve_scale: the unit of the module error curves (allocation=error). kl (``PROBED_SCALES``) is measured
-# by the KL probe (``probe.py``), which the curves run first; residual needs no forward pass.
+# compression.curve_scale's choices: the units of the module error curves (allocation=error)
 CURVE_SCALES = ("residual", "kl")
 
 
 @dataclass(frozen=True)
 class ModegptSettings(MethodSettings):
-    """Each field is the ``compression`` field of the same name (``from_config``); the defaults are the paper's
-    algorithm, for the math's tests: a run takes every value from its config."""
+    """MoDeGPT's options. Each field is the ``compression`` field of the same name: its default here is the
+    project's default, and ``conf/compression/paper.yaml`` sets the paper's value where it differs."""
 
-    ridge_lambda: float = 1.0
-    nystrom_ridge: float = 1e-6
-    eig_floor: float = 1e-8
-    round_to: int = 1
-    mlp_refit: str = "paper"  # paper (ridge toward 0) | shrink (ridge toward the dense rows, kept/tokens)
-    # error curves in units of: residual (E 1/‖h‖²) | kl (a KL probe's tr F: ``stats["sensitivity"]``)
-    curve_scale: str = "residual"
+    ridge_lambda: float = 1.0  # lambda of the ridge leverage scores (Type-I)
+    nystrom_ridge: float = 1e-6  # relative ridge on C_JJ before solving (Type-I)
+    eig_floor: float = 1e-8  # relative eigenvalue floor for C^{+-1/2} (Type-III)
+    mlp_refit: str = "shrink"  # Type-I refit: shrink (ridge toward the dense rows, kept/tokens) | paper (toward 0)
+    # Read by allocation=error (under validated, a candidate names its unit): each module's error in units of kl
+    # (the model's output sensitivity to the module's output: the trace of the Fisher of its own predictions there,
+    # by one backward pass: ``probe.py``) or residual (E 1/‖h‖², the next norm's view: no probe)
+    curve_scale: str = "kl"
+    round_to: int = field(default=1, metadata=DERIVED)  # the shape's width multiple (``from_config``)
 
     @classmethod
     def from_config(cls, compression: Any) -> ModegptSettings:

@@ -31,7 +31,7 @@ def test_mlp_error_and_refit_match_the_direct_formulas(family: str) -> None:
     }
     dense = DenseLayer.from_layer(adapter.layer(1), heads, torch.device("cpu"))
     plan = plan_layer(0.4, shape, round_to=1)
-    solution, errors = solve_modegpt_layer(stats, dense, plan, heads, ModegptSettings())
+    solution, errors = solve_modegpt_layer(stats, dense, plan, heads, ModegptSettings(mlp_refit="paper"))
 
     corr = stats["mlp_gram"] / tokens
     reference = nystrom_mlp(corr, dense.down, plan.mlp_width)  # right-hand side from its own product

@@ -64,7 +64,7 @@ def test_hostile_statistics_give_finite_factors_and_name_the_safeguards(case: st
     dense = DenseLayer.from_layer(adapter.layer(1), heads, torch.device("cpu"))
     with caplog.at_level(logging.INFO, logger="pipeline.methods.modegpt.layer"):
         solution, errors = solve_modegpt_layer(stats, dense, plan_layer(0.3, shape, round_to=1), heads,
-                                               ModegptSettings(), layer=1)
+                                               ModegptSettings(mlp_refit="paper"), layer=1)
     for name, tensor in solution.to_tensors().items():
         assert torch.isfinite(tensor.double()).all(), name
     assert all(torch.isfinite(torch.tensor(v)) for v in errors.values()), errors
