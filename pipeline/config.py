@@ -230,8 +230,8 @@ def _refuse_retired_values(cfg: DictConfig | Config) -> None:
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
     _refuse_retired_values(cfg)
-    # The modules that own each list decide the choices (imported here: some pull in torch, which composing a
-    # config needs not).
+    # The modules that own each list decide the choices (imported here, so that importing this module, as the
+    # CLI does before it parses its arguments, stays light).
     from pipeline.adapters import families
     from pipeline.artifacts.expected import STAGES
     from pipeline.dense import DTYPES
