@@ -6,6 +6,7 @@ import pytest
 from conftest import FAMILIES, compose_config, tiny_overrides
 
 from pipeline.artifacts import ArtifactError, ArtifactPaths, read_manifest
+from pipeline.methods.modegpt import probe
 from stages import assemble, capture, solve, tokenize
 
 
@@ -85,8 +86,8 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     capture.run(cfg)
     solve.run(cfg)
     solves = ArtifactPaths(cfg).solves
-    (probe,) = solves.glob("sensitivity-*.safetensors")
-    probed = load_file(str(probe))["sensitivity"]
+    (probe_file,) = solves.glob("sensitivity-*.safetensors")
+    probed = load_file(str(probe_file))["sensitivity"]
     calls = []
     real = probe.kl_sensitivity
     monkeypatch.setattr(probe, "kl_sensitivity", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -95,10 +96,10 @@ def test_one_kl_probe_serves_every_solver_setting_under_it(tmp_path, tiny_model_
     solve.run(compose_config([*overrides, "compression.ridge_lambda=0.5"]))
     assert calls == [] and len(list(solves.glob("curves-*.safetensors"))) == 3
     # A probe file made for something else is detected and probed again, never reused.
-    save_file({"sensitivity": probed}, str(probe), metadata={"key": "{}"})
+    save_file({"sensitivity": probed}, str(probe_file), metadata={"key": "{}"})
     solve.run(compose_config([*overrides, "compression.eig_floor=1e-7"]))
     assert len(calls) == 1 and len(list(solves.glob("sensitivity-*.safetensors"))) == 1
-    with safe_open(str(probe), "pt") as handle:
+    with safe_open(str(probe_file), "pt") as handle:
         assert handle.metadata()["key"] != "{}"
 
 
