@@ -3,6 +3,7 @@ to the dense one on held-out sequences; the winner's solved layers become the so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -48,8 +49,12 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     shutil.rmtree(scratch, ignore_errors=True)
     files: dict[str, dict[int, Path]] = {name: {} for name in candidates}
 
+    # heldout_kl asks for layers 0, 1, ... in order: the next layer's sums load while this one is solved and scored
+    layer_sums = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
+
     def variants(index: int) -> dict[str, dict[str, torch.Tensor]]:
-        sums = store.read_layer(index, verify=cfg.verify_store)
+        read, sums = next(layer_sums)
+        assert read == index, f"validation asked for layer {index} after layer {read - 1}"
         solved: dict[str, Path] = {}  # one solve per distinct plan of this layer
         for name, plans in candidates.items():
             plan = json.dumps(plans[index].to_json(), sort_keys=True)
@@ -63,7 +68,8 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     def apply(layer: Any, tensors: dict[str, torch.Tensor]) -> None:
         method.apply_in_place(layer, adapter, tensors)
 
-    kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
+    with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
+        kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
     chosen = min(kl, key=kl.__getitem__)
     # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
     # solved again on the compressed layers below them
