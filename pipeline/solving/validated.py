@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -69,7 +70,8 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
         method.apply_in_place(layer, adapter, tensors)
 
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
-        kl = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
+        scores = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
+    kl = scores.kl
     chosen = min(kl, key=kl.__getitem__)
     # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
     # solved again on the compressed layers below them
@@ -79,10 +81,13 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     shutil.rmtree(scratch)
     seconds = time.perf_counter() - start
     removed = {name: removed_share(plans, adapter.block_shape()) for name, plans in candidates.items()}
-    table = "\n".join(f"  {name:<10} KL {value:.5f}  block params removed {removed[name]:.4f}"
-                      f"{'  <- chosen' if name == chosen else ''}"
+    perplexity = {name: math.exp(nll) for name, nll in scores.nll.items()}
+    table = "\n".join(f"  {name:<10} KL {value:.5f}  perplexity {perplexity[name]:.3f}  block params removed "
+                      f"{removed[name]:.4f}{'  <- chosen' if name == chosen else ''}"
                       for name, value in sorted(kl.items(), key=lambda item: item[1]))
-    log.info("held-out validation (%d sequences x %d tokens, %.1f s): mean KL to the dense model per token\n%s",
-             *heldout.shape, seconds, table)
+    log.info("held-out validation (%d sequences x %d tokens, %.1f s): mean KL to the dense model per token, and "
+             "perplexity of the held-out text (dense %.3f)\n%s", *heldout.shape, seconds,
+             math.exp(scores.dense_nll), table)
     return chosen, {"sequences": int(heldout.shape[0]), "positions": int(heldout.shape[1]),
-                    "kl_to_dense": kl, "block_params_removed": removed, "seconds": round(seconds, 3)}
+                    "kl_to_dense": kl, "perplexity": perplexity, "dense_perplexity": math.exp(scores.dense_nll),
+                    "block_params_removed": removed, "seconds": round(seconds, 3)}

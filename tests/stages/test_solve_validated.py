@@ -13,6 +13,7 @@ from conftest import compose_config, tiny_overrides
 from pipeline.adapters import adapter_for
 from pipeline.artifacts import CANDIDATES_DIR, ArtifactPaths, layer_file, read_manifest
 from pipeline.calibration import CalibrationError, sample_windows
+from pipeline.capture import output_head
 from pipeline.capture.heldout_kl import heldout_kl
 from pipeline.config import ConfigError, validate
 from pipeline.readers import heldout_tokens, load_tokens
@@ -40,6 +41,9 @@ def test_the_winner_is_the_candidate_closest_to_the_dense_model(tmp_path, tiny_m
     table = plan["validation"]["kl_to_dense"]
     assert set(table) == {"kl", "residual", "bi", "uniform"} and all(v > 0 for v in table.values())
     assert plan["chosen"] == min(table, key=table.get)
+    # the held-out text's perplexity under each candidate, recorded beside the KL
+    perplexities = plan["validation"]["perplexity"]
+    assert set(perplexities) == set(table) and plan["validation"]["dense_perplexity"] > 1
     assert read_manifest(target).extra["validation"] == plan["validation"]
     assert "held-out validation (3 sequences x 32 tokens" in caplog.text and "<- chosen" in caplog.text
     assert not (target / CANDIDATES_DIR).exists()
@@ -95,9 +99,12 @@ def test_under_sequential_calibration_validation_chooses_the_plan_and_the_sequen
     assert any(differs)  # above layer 0 the sequential statistics are not the dense store's
 
 
-def test_heldout_kl_streams_blocks_as_the_whole_model_computes() -> None:
+@pytest.mark.parametrize("positions_at_once", [None, 5])  # the whole sequence, or slices of 5 positions
+def test_heldout_kl_streams_blocks_as_the_whole_model_computes(monkeypatch, positions_at_once) -> None:
     torch.manual_seed(0)
     model = random_model(tiny_config("llama")).eval()
+    if positions_at_once:
+        monkeypatch.setattr(output_head, "LOGIT_BUDGET", positions_at_once * 2 * model.config.vocab_size)
     adapter = adapter_for(model, "llama")
     ids = torch.randint(0, model.config.vocab_size, (3, 16))
 
@@ -108,14 +115,22 @@ def test_heldout_kl_streams_blocks_as_the_whole_model_computes() -> None:
     def layer_variants(index: int) -> dict[str, float]:
         return variants if index == 1 else dict.fromkeys(variants, 1.0)
 
-    kl = heldout_kl(adapter, ids, 2, torch.device("cpu"), layer_variants, halve)
+    scores = heldout_kl(adapter, ids, 2, torch.device("cpu"), layer_variants, halve)
     with torch.no_grad():
         dense = F.log_softmax(model(ids).logits.double(), -1)
         adapter.layer(1).down_proj.weight.data.mul_(0.5)
         halved = F.log_softmax(model(ids).logits.double(), -1)
     expected = float((dense.exp() * (dense - halved)).sum()) / ids.numel()
-    assert kl["same"] == pytest.approx(0.0, abs=1e-9)
-    assert kl["halved"] == pytest.approx(expected, rel=1e-4) and expected > 1e-4
+    assert scores.kl["same"] == pytest.approx(0.0, abs=1e-9)
+    assert scores.kl["halved"] == pytest.approx(expected, rel=1e-4) and expected > 1e-4
+
+    def cross_entropy(log_probs: torch.Tensor) -> float:  # the next token of every position but the last
+        return float(F.nll_loss(log_probs[:, :-1].flatten(0, 1), ids[:, 1:].flatten()))
+
+    assert scores.dense_nll == pytest.approx(cross_entropy(dense), rel=1e-5)
+    assert scores.nll["same"] == pytest.approx(scores.dense_nll, rel=1e-6)
+    assert scores.nll["halved"] == pytest.approx(cross_entropy(halved), rel=1e-5)
+    assert abs(scores.nll["halved"] - scores.dense_nll) > 1e-4
 
 
 def test_heldout_windows_are_the_next_ones_and_never_calibration_windows(tmp_path, tiny_model_dirs) -> None:
