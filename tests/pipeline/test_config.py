@@ -2,7 +2,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import compose_config
+from conftest import REPO, compose_config
 
 from pipeline.config import ConfigError, validate
 
@@ -150,3 +150,13 @@ def test_every_retired_entry_is_refused_and_names_what_to_do() -> None:
         assert line is not None and "\n" not in line and line.startswith(f"{name} was retired ({why}")
         assert line.endswith(instead) and instead
     assert retired("compression.curve_scale=kl") is None and retired("compression.rate=0.3") is None
+
+
+def test_composing_a_config_does_not_import_transformers() -> None:
+    """The schema comes from every method's settings, so composing imports the methods; transformers (~3 s on this
+    machine) stays out until a stage loads a model."""
+    code = ("import sys; from pipeline.config import compose_config; compose_config([]); "
+            "print(sorted(m for m in sys.modules if m == 'transformers' or m.startswith('transformers.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
+                         timeout=120)
+    assert out.stdout.strip() == "[]"
