@@ -21,24 +21,21 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from pathlib import Path
 
 import torch
+from quality import METHODS, compose_cfg
 from safetensors.torch import load_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from quality import METHODS, compose_cfg  # noqa: E402
-
-from pipeline.adapters import adapter_for  # noqa: E402
-from pipeline.artifacts import ArtifactPaths, layer_file  # noqa: E402
-from pipeline.calibration import calibration_stream, sample_windows  # noqa: E402
-from pipeline.capture.heldout_kl import heldout_kl  # noqa: E402
-from pipeline.dense import load_model, load_tokenizer  # noqa: E402
-from pipeline.evaluation.perplexity import tokenize_stream, wikitext2_test_text  # noqa: E402
-from pipeline.methods import method_named  # noqa: E402
-from pipeline.readers import heldout_tokens  # noqa: E402
-from stages import capture, prepare, solve, tokenize  # noqa: E402
+from pipeline.adapters import adapter_for
+from pipeline.artifacts import ArtifactPaths, layer_file
+from pipeline.calibration import calibration_stream, sample_windows
+from pipeline.capture.heldout_scores import heldout_scores
+from pipeline.dense import load_model, load_tokenizer
+from pipeline.evaluation.perplexity import text_windows, tokenize_stream, wikitext2_test_text
+from pipeline.methods import method_named
+from pipeline.readers import heldout_tokens
+from stages import capture, prepare, solve, tokenize
 
 CANDIDATES = ["kl-scale", "residual-scale", "bi-mlp", "uniform-mlp"]
 
@@ -64,7 +61,7 @@ def main() -> None:
     tokenizer = load_tokenizer(cfg, paths.dense_model)
     stream = tokenize_stream(tokenizer, text)
     texts = {"heldout": heldout_tokens(cfg, args.sequences),
-             "wikitext": stream[: args.sequences * args.seq_len].view(args.sequences, args.seq_len)}
+             "wikitext": text_windows(stream, args.seq_len, args.sequences)}
     for spec in args.text:
         name, _, where = spec.partition("=")
         source, _, path = where.partition(":")
@@ -90,7 +87,7 @@ def main() -> None:
         print("| text | candidate | KL to dense | perplexity | × dense |")
         print("|---|---|---|---|---|")
         for label, ids in texts.items():
-            scores = heldout_kl(adapter, ids, cfg.calibration.batch_size, device, variants, apply)
+            scores = heldout_scores(adapter, ids, cfg.calibration.batch_size, device, variants, apply)
             dense_ppl = math.exp(scores.dense_nll)
             print(f"| {label} {tuple(ids.shape)} | dense | 0 | {dense_ppl:.3f} | 1 |")
             for name in sorted(scores.kl, key=scores.kl.__getitem__):

@@ -42,6 +42,12 @@ def tokenize_stream(tokenizer: Any, text: str) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
 
 
+def text_windows(token_ids: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
+    """The first ``max_windows`` non-overlapping ``seq_len`` windows of a token stream [N, seq_len] (all if None)."""
+    windows = token_ids[: (token_ids.numel() // seq_len) * seq_len].view(-1, seq_len)
+    return windows if max_windows is None else windows[:max_windows]
+
+
 @torch.no_grad()
 def perplexity(
     model: torch.nn.Module,
@@ -52,9 +58,7 @@ def perplexity(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """exp(mean NLL) over non-overlapping ``seq_len`` windows (the tail shorter than a window is dropped)."""
-    windows = token_ids[: (token_ids.numel() // seq_len) * seq_len].view(-1, seq_len)
-    if max_windows is not None:
-        windows = windows[:max_windows]
+    windows = text_windows(token_ids, seq_len, max_windows)
     if windows.shape[0] == 0:
         raise ValueError(f"the evaluation text has {token_ids.numel()} tokens, fewer than one window of {seq_len}")
     total_nll, total_tokens = 0.0, 0

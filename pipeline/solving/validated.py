@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline.adapters import ModelAdapter
 from pipeline.artifacts import CANDIDATES_DIR, atomic_path, layer_file
-from pipeline.capture.heldout_kl import heldout_kl
+from pipeline.capture.heldout_scores import heldout_scores
 from pipeline.methods import Method
 from pipeline.plan import LayerPlan
 from pipeline.planning import removed_share
@@ -50,7 +50,7 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     shutil.rmtree(scratch, ignore_errors=True)
     files: dict[str, dict[int, Path]] = {name: {} for name in candidates}
 
-    # heldout_kl asks for layers 0, 1, ... in order: the next layer's sums load while this one is solved and scored
+    # heldout_scores asks for layers 0, 1, ... in order: the next layer's sums load while this one is solved and scored
     layer_sums = store.iter_layers(range(adapter.num_layers), verify=cfg.verify_store)
 
     def variants(index: int) -> dict[str, dict[str, torch.Tensor]]:
@@ -70,7 +70,7 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
         method.apply_in_place(layer, adapter, tensors)
 
     with contextlib.closing(layer_sums):  # on an error, stop the read-ahead now, not when the traceback goes
-        scores = heldout_kl(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
+        scores = heldout_scores(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
     kl = scores.kl
     chosen = min(kl, key=kl.__getitem__)
     # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
@@ -82,12 +82,13 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     seconds = time.perf_counter() - start
     removed = {name: removed_share(plans, adapter.block_shape()) for name, plans in candidates.items()}
     perplexity = {name: math.exp(nll) for name, nll in scores.nll.items()}
+    dense_perplexity = math.exp(scores.dense_nll)
     table = "\n".join(f"  {name:<10} KL {value:.5f}  perplexity {perplexity[name]:.3f}  block params removed "
                       f"{removed[name]:.4f}{'  <- chosen' if name == chosen else ''}"
                       for name, value in sorted(kl.items(), key=lambda item: item[1]))
     log.info("held-out validation (%d sequences x %d tokens, %.1f s): mean KL to the dense model per token, and "
              "perplexity of the held-out text (dense %.3f)\n%s", *heldout.shape, seconds,
-             math.exp(scores.dense_nll), table)
+             dense_perplexity, table)
     return chosen, {"sequences": int(heldout.shape[0]), "positions": int(heldout.shape[1]),
-                    "kl_to_dense": kl, "perplexity": perplexity, "dense_perplexity": math.exp(scores.dense_nll),
+                    "kl_to_dense": kl, "perplexity": perplexity, "dense_perplexity": dense_perplexity,
                     "block_params_removed": removed, "seconds": round(seconds, 3)}

@@ -153,8 +153,8 @@ def test_every_retired_entry_is_refused_and_names_what_to_do() -> None:
 
 
 def test_composing_a_config_does_not_import_transformers() -> None:
-    """The schema comes from every method's settings, so composing imports the methods; transformers (~3 s on this
-    machine) stays out until a stage loads a model."""
+    """The schema comes from every method's settings, so composing imports the methods; transformers (seconds to
+    import) stays out until a stage loads a model."""
     code = ("import sys; from pipeline.config import compose_config; compose_config([]); "
             "print(sorted(m for m in sys.modules if m == 'transformers' or m.startswith('transformers.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,

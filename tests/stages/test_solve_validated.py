@@ -14,7 +14,7 @@ from pipeline.adapters import adapter_for
 from pipeline.artifacts import CANDIDATES_DIR, ArtifactPaths, layer_file, read_manifest
 from pipeline.calibration import CalibrationError, sample_windows
 from pipeline.capture import output_head
-from pipeline.capture.heldout_kl import heldout_kl
+from pipeline.capture.heldout_scores import heldout_scores
 from pipeline.config import ConfigError, validate
 from pipeline.readers import heldout_tokens, load_tokens
 from pipeline.solving import validated
@@ -70,7 +70,7 @@ def test_a_resumed_validated_solve_keeps_its_winner_without_validating_again(tmp
     manifest["status"] = "partial"
     (target / "manifest.json").write_text(json.dumps(manifest))
     layer_file(target, 1).unlink()
-    monkeypatch.setattr(validated, "heldout_kl", lambda *a, **k: pytest.fail("validated again"))
+    monkeypatch.setattr(validated, "heldout_scores", lambda *a, **k: pytest.fail("validated again"))
     assert solve.run(cfg) == target and layer_file(target, 1).exists()
 
 
@@ -100,7 +100,7 @@ def test_under_sequential_calibration_validation_chooses_the_plan_and_the_sequen
 
 
 @pytest.mark.parametrize("positions_at_once", [None, 5])  # the whole sequence, or slices of 5 positions
-def test_heldout_kl_streams_blocks_as_the_whole_model_computes(monkeypatch, positions_at_once) -> None:
+def test_heldout_scores_stream_blocks_as_the_whole_model_computes(monkeypatch, positions_at_once) -> None:
     torch.manual_seed(0)
     model = random_model(tiny_config("llama")).eval()
     if positions_at_once:
@@ -115,7 +115,7 @@ def test_heldout_kl_streams_blocks_as_the_whole_model_computes(monkeypatch, posi
     def layer_variants(index: int) -> dict[str, float]:
         return variants if index == 1 else dict.fromkeys(variants, 1.0)
 
-    scores = heldout_kl(adapter, ids, 2, torch.device("cpu"), layer_variants, halve)
+    scores = heldout_scores(adapter, ids, 2, torch.device("cpu"), layer_variants, halve)
     with torch.no_grad():
         dense = F.log_softmax(model(ids).logits.double(), -1)
         adapter.layer(1).down_proj.weight.data.mul_(0.5)

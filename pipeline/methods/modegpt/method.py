@@ -65,7 +65,7 @@ class ModeGPT(Method):
         return module_error_curves(stats, dense, adapter.block_shape(), settings, max_sparsity)
 
     # pipeline.assembly is imported where it is used: composing any config imports every method (the schema comes
-    # from their settings), and assembly's import of transformers would add ~3 s to each compose
+    # from their settings), and assembly's import of transformers would add seconds to each compose
     def apply_in_place(self, layer: LayerAdapter, adapter: ModelAdapter, tensors: dict[str, Tensor]) -> None:
         from pipeline.assembly import apply_solution_in_place
 

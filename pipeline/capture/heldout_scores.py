@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.adapters import LayerAdapter, ModelAdapter
 from pipeline.capture.output_head import OutputHead
@@ -40,12 +41,12 @@ def _next_token_nll(log_probs: torch.Tensor, batch: torch.Tensor, positions: sli
     start, stop = positions.start, min(positions.stop, batch.shape[1] - 1)
     if stop <= start:
         return 0.0
-    targets = batch[:, start + 1:stop + 1].unsqueeze(-1)
-    return -float(log_probs[:, :stop - start].gather(-1, targets).sum(dtype=torch.float64))
+    predicted = log_probs[:, :stop - start].flatten(0, 1).double()
+    return float(F.nll_loss(predicted, batch[:, start + 1:stop + 1].flatten(), reduction="sum"))
 
 
 @torch.no_grad()
-def heldout_kl(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
+def heldout_scores(adapter: ModelAdapter, input_ids: torch.Tensor, batch_size: int, device: torch.device,
                variants: LayerVariants, apply: Apply) -> HeldoutScores:
     """Mean KL(dense ‖ candidate) per token and next-token cross-entropy over ``input_ids`` [N, L] for every
     candidate ``variants`` names
