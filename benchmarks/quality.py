@@ -83,6 +83,9 @@ METHODS = {  # name -> overrides on top of the run's config
     # the plan among kl, residual, bi and uniform whose model is closest to the dense one on held-out text
     "validated": ["compression.allocation=validated"],
     "validated-noprobe": ["compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
+    # ... with the chosen plan solved again on the compressed layers below each layer
+    "validated+sequential": ["compression.allocation=validated", "compression.sequential=true"],
+    "bi-mlp+sequential": ["compression.allocation=bi", "compression.sequential=true"],
     "fp32-products": ["calibration.product_precision=fp32"],  # the default from a store of FP32 products
     "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
     "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],

@@ -26,6 +26,9 @@ PROBE_SEQUENCES = 8
 PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
 PROBE_SEED = 0
 PROBED_SCALES = ("kl",)  # compression.curve_scale values measured by the KL probe
+# 2: the sequential capture forms its Gram products at calibration.product_precision, as the store's capture does
+# (1: always FP64); part of a sequential solve's key only
+SEQUENTIAL_VERSION = 2
 # 1: held-out windows are the calibration permutation's next ones; mean KL(dense ‖ candidate) per token
 VALIDATION_VERSION = 1
 # Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead
@@ -95,4 +98,6 @@ def solve_key(compression: Any, rate: float | None = None) -> dict[str, Any]:
     """A solve's identity besides its store: every compression field, the rate (when given), and the code
     versions and settings of the curves and probe behind its plan."""
     key = compression_fields(compression) | {"curves": plan_key(compression), "plan": PLAN_VERSION}
+    if compression.sequential:
+        key["sequential_version"] = SEQUENTIAL_VERSION
     return key if rate is None else key | {"rate": float(rate)}

@@ -39,4 +39,5 @@ def solve_sequentially(cfg: Any, method: Method, adapter: ModelAdapter, plans: l
     def compress(index: int) -> None:
         method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
-    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress)
+    capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
+                   precision=cfg.calibration.product_precision)

@@ -91,6 +91,18 @@ def test_sequential_sums_equal_a_naive_forward_through_the_compressed_layers(tmp
     assemble.run(cfg)
 
 
+def test_sequential_capture_forms_products_at_the_stores_precision(tmp_path, tiny_model_dirs, monkeypatch) -> None:
+    # layer 0 sees the dense inputs: at the store's product precision its sums are the store's, bit for bit (a capture
+    # at FP64 differs from a BF16-product store by BF16's rounding)
+    cfg, _ = _sequential_cfg(tmp_path, tiny_model_dirs, "llama", **{"calibration.product_precision": "bf16"})
+    seen = _record_sums(monkeypatch)
+    solve.run(cfg)
+    store, _ = open_store(cfg)
+    stored = store.read_layer(0)
+    for name in ("attn_gram", "mlp_gram", "mlp_in_gram", "o_in_gram"):
+        assert torch.equal(seen[0][name], stored[name]), name
+
+
 def test_sequential_solve_differs_from_the_cached_one_and_gets_its_own_artifact(tmp_path, tiny_model_dirs) -> None:
     cfg, overrides = _sequential_cfg(tmp_path, tiny_model_dirs, "llama")
     sequential = solve.run(cfg)
