@@ -55,9 +55,13 @@ from stages import capture, prepare, solve, tokenize
 PAPER = ["compression=paper"]  # the paper's MoDeGPT exactly (conf/compression/paper.yaml)
 # the module budget without the KL probe (the default before 2026-12)
 RESIDUAL = ["compression.allocation=error", "compression.curve_scale=residual"]
+# every layer solved from the shared store (one capture for every rate): the default before sequential calibration
+# became it (2026-12-06), and what every row below that says SHARED was measured with
+SHARED = ["compression.sequential=false"]
 METHODS = {  # name -> overrides on top of the run's config
     "modegpt": [],  # this project's default solver (conf/compression/default.yaml: shape=deci)
-    "free": ["compression.shape=free"],  # ... with every module cut to any width (the default before 2026-12-05)
+    # ... with every module cut to any width (the default before 2026-12-05)
+    "free": [*SHARED, "compression.shape=free"],
     "paper": PAPER,
     "uniform": [*PAPER, "compression.allocation=uniform"],
     # ablations (issue 15): one part of the paper's recipe changed at a time
@@ -67,29 +71,29 @@ METHODS = {  # name -> overrides on top of the run's config
     "sequential": [*RESIDUAL, "compression.sequential=true"],  # statistics on the compressed layers below
     "paper+sequential": [*PAPER, "compression.sequential=true"],
     # the module budget in units of a KL probe (the default 2026-12-02..05, now a candidate of the validated plan)
-    "kl-scale": ["compression.allocation=error", "compression.curve_scale=kl"],
-    "residual-scale": RESIDUAL,  # ... in units of E 1/‖h‖² (the default before)
+    "kl-scale": [*SHARED, "compression.allocation=error", "compression.curve_scale=kl"],
+    "residual-scale": [*SHARED, *RESIDUAL],  # ... in units of E 1/‖h‖² (the default before)
     "kl-scale+sequential": ["compression.allocation=error", "compression.curve_scale=kl",
                             "compression.sequential=true"],
     # engine shapes (pipeline.engine_shapes): attention whole, per-layer MLP widths on a grid (DeciLM / llama.cpp
     # deci; 256 also suits vLLM and K-quants), or one MLP width (the family's own class)
-    "deci": ["compression.shape=deci"],
-    **{f"deci-{n}": ["compression.shape=deci", f"compression.round_to={n}"] for n in (32, 64, 128)},
-    "stock": ["compression.shape=stock"],
+    "deci": [*SHARED, "compression.shape=deci"],
+    **{f"deci-{n}": [*SHARED, "compression.shape=deci", f"compression.round_to={n}"] for n in (32, 64, 128)},
+    "stock": [*SHARED, "compression.shape=stock"],
     # the default shape's MLP budget by the paper's Block-Influence layer budgets, each taken from the layer's MLP
     # (attention whole): the rule that won on a held-out model (issue 28), with no curves and no probe
-    "bi-mlp": ["compression.allocation=bi"],
-    "uniform-mlp": ["compression.allocation=uniform"],  # ... every layer's MLP cut alike
+    "bi-mlp": [*SHARED, "compression.allocation=bi"],
+    "uniform-mlp": [*SHARED, "compression.allocation=uniform"],  # ... every layer's MLP cut alike
     # the plan among kl, residual, bi and uniform whose model is closest to the dense one on held-out text
-    "validated": ["compression.allocation=validated"],
-    "validated-noprobe": ["compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
-    # ... with the chosen plan solved again on the compressed layers below each layer
+    # (the default 2026-12-05..06, before sequential calibration)
+    "validated": [*SHARED, "compression.allocation=validated"],
+    "validated-noprobe": [*SHARED, "compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
+    # ... with the chosen plan solved again on the compressed layers below each layer: the default since 2026-12-06
     "validated+sequential": ["compression.allocation=validated", "compression.sequential=true"],
     "bi-mlp+sequential": ["compression.allocation=bi", "compression.sequential=true"],
-    "fp32-products": ["calibration.product_precision=fp32"],  # the default from a store of FP32 products
-    "weight_svd": ["compression.method=weight_svd", "compression.allocation=uniform"],
-    "layer_removal": ["compression.method=layer_removal", "compression.allocation=bi"],
-    "whitened_svd": ["compression.method=whitened_svd", "compression.allocation=uniform"],
+    "fp32-products": [*SHARED, "calibration.product_precision=fp32"],  # from a store of FP32 products
+    # baselines (conf/compression/<name>.yaml: a per-layer allocation, every layer from the shared store)
+    **{name: [f"compression={name}"] for name in ("weight_svd", "layer_removal", "whitened_svd")},
 }
 DEFAULT_METHODS = ["modegpt", "paper", "uniform", "weight_svd", "layer_removal", "whitened_svd"]
 

@@ -68,8 +68,9 @@ class CompressionConfig:
     # kept MLP widths are multiples of this; null: the shape's own (free 1, deci and stock 256)
     round_to: int | None = None
     # Each layer's statistics taken on the outputs of the compressed layers below it: a capture per rate in the
-    # solve stage (the shared store still gives the plan, validated too); false: every layer from the dense store.
-    sequential: bool = False
+    # solve stage (the shared store still gives the plan, validated too); false: every layer from the dense store
+    # (the paper's; what a method that reads no statistics needs)
+    sequential: bool = True
     # allocation=validated: the plans it chooses among (error curves in a curve_scale's units, or bi, uniform), each
     # solved and applied in memory and scored by the KL of its next-token distribution to the dense model's on
     # held-out sequences: the next validation_sequences windows of the calibration source, never captured
@@ -259,14 +260,15 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,
            f"bi or uniform with compression.method={k.method} (error needs a method with module error curves)")
+    preset = f"; compression={k.method} selects it with its own settings"  # conf/compression/<baseline>.yaml
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
-           "to the model in memory: a method that can write a solved layer into its block)")
+           f"to the model in memory: a method that can write a solved layer into its block{preset})")
     for method in METHODS.values():  # every method's settings, whichever method runs: a bad value is never kept
         method.settings_type.check(k, _check)
     _check(not k.sequential or METHODS[k.method].sequential_calibration, "compression.sequential", k.sequential,
            f"false with compression.method={k.method} (sequential calibration needs a method that reads the store "
-           "and can write a solved layer into its block)")
+           f"and can write a solved layer into its block{preset})")
     from pipeline.methods.modegpt import CURVE_SCALES
     from pipeline.solve_identity import RULES
 

@@ -160,3 +160,18 @@ def test_composing_a_config_does_not_import_transformers() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO,
                          timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("method", ["weight_svd", "layer_removal", "whitened_svd"])
+def test_each_baseline_has_a_preset_that_validates(method) -> None:
+    cfg = compose_config([f"compression={method}"])
+    validate(cfg)
+    assert cfg.compression.method == method and cfg.compression.sequential is False
+    assert cfg.compression.allocation in ("bi", "uniform")
+
+
+@pytest.mark.parametrize("method", ["weight_svd", "layer_removal"])
+def test_a_baseline_on_the_default_settings_is_pointed_to_its_preset(method) -> None:
+    for overrides in ([], ["compression.allocation=uniform"]):  # refused for its allocation, then its sequential
+        with pytest.raises(ConfigError, match=f"compression={method} selects it with its own settings"):
+            validate(compose_config([f"compression.method={method}", *overrides]))

@@ -40,7 +40,7 @@ def test_blocks_to_remove_takes_the_lowest_block_influence_until_the_rate_is_rea
 def test_layer_removal_drops_whole_low_influence_blocks(tmp_path, tiny_model_dirs, family) -> None:
     overrides = _captured(tmp_path, tiny_model_dirs[family], family)
     cfg = compose_config([*overrides, "compression.method=layer_removal", "compression.allocation=bi",
-                          "compression.rate=0.3"])
+                          "compression.sequential=false", "compression.rate=0.3"])
     target = solve.run(cfg)
     plan = read_json(target / "plan.json")
     removed = [i for i, layer in enumerate(plan["layers"]) if layer["sparsity"] == 1.0]
@@ -63,7 +63,7 @@ def test_whitened_svd_meets_the_rate_with_a_lower_output_error_than_weight_svd(t
                                                                                family) -> None:
     overrides = _captured(tmp_path, tiny_model_dirs[family], family)
     runs = {m: solve.run(compose_config([*overrides, f"compression.method={m}", "compression.allocation=uniform",
-                                                  "compression.rate=0.3"]))
+                                         "compression.sequential=false", "compression.rate=0.3"]))
             for m in ("weight_svd", "whitened_svd")}
     rates = {m: read_manifest(t).extra["achieved_block_rate"] for m, t in runs.items()}
     assert rates["whitened_svd"] == rates["weight_svd"] and abs(rates["whitened_svd"] - 0.3) < 0.05
@@ -97,4 +97,5 @@ def test_whitened_svd_asks_for_a_recapture_on_a_store_from_before_its_statistics
         record.write_text(json.dumps(doc))
     solve.run(compose_config(overrides))  # MoDeGPT does not need them
     with pytest.raises(ArtifactError, match=r"lacks mlp_in_gram, o_in_gram .*overwrite=\[capture\]"):
-        solve.run(compose_config([*overrides, "compression.method=whitened_svd", "compression.allocation=uniform"]))
+        solve.run(compose_config([*overrides, "compression.method=whitened_svd", "compression.allocation=uniform",
+                                  "compression.sequential=false"]))
