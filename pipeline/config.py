@@ -278,6 +278,10 @@ def validate(cfg: DictConfig | Config) -> None:
                "a list among " + ", ".join(candidates))
     _check(len(set(k.candidates)) == len(k.candidates) and (k.allocation != "validated" or len(k.candidates) > 0),
            "compression.candidates", list(k.candidates), "distinct names, at least one with allocation=validated")
+    curve_candidates = [name for name in k.candidates if name not in RULES]  # allocation=error in that unit
+    _check(k.allocation != "validated" or not curve_candidates or METHODS[k.method].error_allocation,
+           "compression.candidates", list(k.candidates), f"only {' or '.join(RULES)} with "
+           f"compression.method={k.method} ({', '.join(curve_candidates)} need module error curves{preset})")
     _check(k.validation_sequences > 0, "compression.validation_sequences", k.validation_sequences,
            "a positive integer")
     _check(0.0 <= k.rate < 1.0, "compression.rate", k.rate, "a number in [0, 1)")

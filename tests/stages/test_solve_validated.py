@@ -158,6 +158,8 @@ def test_heldout_windows_are_the_next_ones_and_never_calibration_windows(tmp_pat
     ("compression.candidates=[bi,bi]", "expected distinct names"),
     ("compression.validation_sequences=0", "compression.validation_sequences=0 is invalid"),
     ("compression.method=weight_svd", "compression.allocation='validated' is invalid: expected bi, uniform or error"),
+    ("compression.method=whitened_svd", "compression.candidates=['kl', 'residual', 'bi', 'uniform'] is invalid: "
+     "expected only bi or uniform with compression.method=whitened_svd"),
     ("compression.candidates=[kl,fisher]", "compression.candidates=['kl', 'fisher'] names a retired curve scale: "
      "compression.curve_scale=fisher was retired"),
     ("compression.candidates=[kl-error,bi]", "compression.candidates=['kl-error', 'bi'] names a retired curve scale: "
