@@ -90,7 +90,6 @@ METHODS = {  # name -> overrides on top of the run's config
     "validated-noprobe": [*SHARED, "compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
     # ... with the chosen plan solved again on the compressed layers below each layer: the default since 2026-12-06
     "validated+sequential": ["compression.allocation=validated", "compression.sequential=true"],
-    "bi-mlp+sequential": ["compression.allocation=bi", "compression.sequential=true"],
     "fp32-products": [*SHARED, "calibration.product_precision=fp32"],  # from a store of FP32 products
     # baselines (conf/compression/<name>.yaml: a per-layer allocation, every layer from the shared store)
     **{name: [f"compression={name}"] for name in ("weight_svd", "layer_removal", "whitened_svd")},

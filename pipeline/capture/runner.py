@@ -39,7 +39,8 @@ def capture_layers(
     batch_size: int,
     start_layer: int = 0,
     rewrite: BlockRewrite | None = None,
-    precision: str = "fp64",
+    *,
+    precision: str,
 ) -> None:
     """Run the dense model block by block over ``input_ids`` and hand each layer's FP64 sums to ``sink``.
 
@@ -48,7 +49,8 @@ def capture_layers(
     ``rewrite(index)``, when given, changes block ``index`` in place after its sums reached ``sink`` (and before
     a replay): the next block's inputs are then the rewritten block's outputs, which is sequential calibration
     (each layer's statistics taken on the outputs of the already-compressed layers below it).
-    ``precision``: of each batch's Gram products (``PRODUCT_PRECISIONS``), added to FP64 sums.
+    ``precision``: of each batch's Gram products (``PRODUCT_PRECISIONS``), added to FP64 sums; required, so no
+    caller forms its products at a precision other than ``calibration.product_precision`` by leaving it out.
     Under torch.distributed each rank passes its own shard of samples; sums are all-reduced before
     ``sink`` is called (on every rank: the caller decides who writes).
     """
