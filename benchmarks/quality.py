@@ -88,8 +88,7 @@ METHODS = {  # name -> overrides on top of the run's config
     # (the default 2026-12-05..06, before sequential calibration)
     "validated": [*SHARED, "compression.allocation=validated"],
     "validated-noprobe": [*SHARED, "compression.allocation=validated", "compression.candidates=[residual,bi,uniform]"],
-    # ... with the chosen plan solved again on the compressed layers below each layer, kept where its held-out KL is
-    # no higher than the store solve's: the default since 2026-12-06
+    # ... with the chosen plan solved again on the compressed layers below each layer: the default since 2026-12-06
     "validated+sequential": ["compression.allocation=validated", "compression.sequential=true"],
     "fp32-products": [*SHARED, "calibration.product_precision=fp32"],  # from a store of FP32 products
     # baselines (conf/compression/<name>.yaml: a per-layer allocation, every layer from the shared store)

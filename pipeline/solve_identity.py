@@ -27,9 +27,8 @@ PROBE_POSITIONS = 512  # positions probed per sequence (the first ones)
 PROBE_SEED = 0
 PROBED_SCALES = ("kl",)  # compression.curve_scale values measured by the KL probe
 # 2: the sequential capture forms its Gram products at calibration.product_precision, as the store's capture does
-# (1: always FP64); 3: under allocation=validated the sequential solve is kept only if its held-out KL is no higher
-# than the store solve of its plan; part of a sequential solve's key only
-SEQUENTIAL_VERSION = 3
+# (1: always FP64); part of a sequential solve's key only
+SEQUENTIAL_VERSION = 2
 # 1: held-out windows are the calibration permutation's next ones; mean KL(dense ‖ candidate) per token
 VALIDATION_VERSION = 1
 # Compression fields that name a sweep, not a solve: the solve takes the resolved rate instead

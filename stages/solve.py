@@ -39,7 +39,7 @@ from pipeline.plan import LayerPlan
 from pipeline.readers import block_influence_of, layer_errors, open_store, stored_numel
 from pipeline.solving.layers import solve_from_store
 from pipeline.solving.sequential import solve_sequentially
-from pipeline.solving.validated import candidate_views, solve_sequentially_checked, validate_candidates
+from pipeline.solving.validated import candidate_views, validate_candidates
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,7 @@ def run(cfg: Any, rate: float | None = None) -> Path:
     errors = {i: layer_errors(layer_file(target, i)) for i in range(num_layers) if layer_file(target, i).exists()}
     dense_total, dense_block = adapter.total_params(), adapter.block_linear_params()  # sequential edits the blocks
     t0 = time.perf_counter()
-    if k.sequential and "validation" in plan_doc:
-        solve_sequentially_checked(cfg, method, adapter, plans, settings, device, target, errors, plan_doc)
-    elif k.sequential:
+    if k.sequential:
         solve_sequentially(cfg, method, adapter, plans, settings, device, target, errors)
     else:
         solve_from_store(cfg, store, method, adapter, plans, settings, device, target, errors, target_rate)

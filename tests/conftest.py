@@ -69,7 +69,7 @@ def modegpt_error(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
     return line
 
 
-_KILL_SCRIPT = """{preamble}
+_KILL_SCRIPT = """
 import importlib, os, signal
 from conftest import compose_config
 owner = importlib.import_module({module!r})
@@ -91,10 +91,8 @@ importlib.import_module("stages.{stage}").run(compose_config({overrides!r}))
 """
 
 
-def run_killed(stage: str, module: str, attr: str, overrides: list[str], on_call: int = 1, after: bool = True,
-               preamble: str = "") -> int:
-    """Run a stage in a child process that SIGKILLs itself around the ``on_call``-th call of ``module.attr``
-    (``preamble``: code run first, e.g. to patch what the stage measures).
+def run_killed(stage: str, module: str, attr: str, overrides: list[str], on_call: int = 1, after: bool = True) -> int:
+    """Run a stage in a child process that SIGKILLs itself around the ``on_call``-th call of ``module.attr``.
 
     SIGKILL runs no cleanup (no ``finally``, no atexit), like a killed job; returns the exit code (-9).
     """
@@ -103,6 +101,6 @@ def run_killed(stage: str, module: str, attr: str, overrides: list[str], on_call
     import sys
 
     script = _KILL_SCRIPT.format(module=module, attr=attr, on_call=on_call, after=after, stage=stage,
-                                 overrides=list(overrides), preamble=preamble)
+                                 overrides=list(overrides))
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
     return subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, timeout=300).returncode

@@ -50,7 +50,6 @@ from .expected import (
 from .layout import (
     CANDIDATES_DIR,
     EVAL_KEYS,
-    FROM_STORE_DIR,
     LAYERS_DIR,
     MANIFEST,
     METRICS,
@@ -78,8 +77,8 @@ from .manifest import (
 
 __all__ = [
     "ASSEMBLE", "ASSEMBLE_VERSION", "CAPTURE", "CAPTURE_VERSION", "COMPLETE", "CONVERT_VERSION", "EVALUATE",
-    "CANDIDATES_DIR", "EVALUATE_VERSION", "EVAL_KEYS", "FROM_STORE_DIR", "LAYERS_DIR", "MANIFEST", "METRICS",
-    "PARTIAL", "PLAN", "PREPARE", "SOLVE",
+    "CANDIDATES_DIR", "EVALUATE_VERSION", "EVAL_KEYS", "LAYERS_DIR", "MANIFEST", "METRICS", "PARTIAL", "PLAN",
+    "PREPARE", "SOLVE",
     "SOLVE_VERSION", "TOKENIZE", "TOKENIZE_VERSION", "TOKENS_FILE", "ArtifactError", "ArtifactPaths",
     "Manifest", "achieved_rates", "artifact_state", "atomic_dir", "atomic_path", "atomic_write_json",
     "atomic_write_text", "canonical_json", "conversion_manifest", "describe_mismatch", "expected_checkpoint",

@@ -44,9 +44,6 @@ PLAN = "plan.json"
 METRICS = "metrics.json"
 LAYERS_DIR = "layers"
 CANDIDATES_DIR = "candidates"  # inside a solve: allocation=validated's candidates while they are scored
-# inside a sequential validated solve: the chosen plan solved from the dense store, kept until the sequential solve of
-# the same plan is scored against it
-FROM_STORE_DIR = "from-store"
 REPORT_DIR = "report"
 LATEST = "latest"  # under paths.root: the human-named view of the latest run (see module doc)
 MODEL_POINTERS = ("prepare",)  # stages whose pointer is per model; the others' are per calibration

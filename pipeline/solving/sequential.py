@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from pipeline.adapters import ModelAdapter
 from pipeline.artifacts import layer_file
-from pipeline.capture.heldout_scores import HeldoutScores, HeldoutStreams
 from pipeline.capture.runner import capture_layers
 from pipeline.methods import Method
 from pipeline.plan import LayerPlan
@@ -21,39 +20,24 @@ from pipeline.solving import layers
 
 log = logging.getLogger(__name__)
 
-SEQUENTIAL = "sequential"  # the held-out stream of the sequentially solved model
-
 
 def solve_sequentially(cfg: Any, method: Method, adapter: ModelAdapter, plans: list[LayerPlan], settings: Any,
-                       device: torch.device, target: Path, errors: dict[int, Any],
-                       heldout: torch.Tensor | None = None) -> HeldoutScores | None:
+                       device: torch.device, target: Path, errors: dict[int, Any]) -> None:
     """Capture layer l on the compressed layers below it, solve it, and write it into block l before layer l + 1 is
     captured. A resumed solve rebuilds the compressed layers below from their files, so it continues exactly where
-    it stopped. With ``heldout`` windows, the same pass carries them through the dense and the compressed blocks and
-    returns the compressed model's scores against the dense one (allocation=validated checks the pass by them)."""
+    it stopped."""
     num_layers = adapter.num_layers
     start = next((i for i in range(num_layers) if i not in errors), num_layers)
-    if start == num_layers and heldout is None:
-        return None
+    if start == num_layers:
+        return
     input_ids, _ = load_tokens(cfg)
-    streams = None
-    if heldout is not None:
-        adapter.move_non_layer_modules(device)
-        streams = HeldoutStreams(adapter, heldout, cfg.calibration.batch_size, device)
 
     def solve(index: int, sums: dict[str, torch.Tensor], seconds: float) -> None:
         log.info("sequential capture of layer %d/%d: %.2f s", index + 1, num_layers, seconds)
         errors[index] = layers.solve_layer(method, adapter, index, sums, plans[index], settings, device, target)
 
     def compress(index: int) -> None:
-        def rewrite() -> None:
-            method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
-
-        if streams is None:
-            rewrite()
-        else:  # the block is dense and on the device here: the dense stream first, then the compressed one
-            streams.advance(adapter.decoder_layers()[index], {SEQUENTIAL: rewrite}, keep_last=True)
+        method.apply_in_place(adapter.layer(index), adapter, load_file(str(layer_file(target, index))))
 
     capture_layers(adapter, input_ids, solve, device, cfg.calibration.batch_size, start, rewrite=compress,
                    precision=cfg.calibration.product_precision)
-    return None if streams is None else streams.scores()

@@ -1,7 +1,5 @@
 """allocation=validated: every candidate plan solved and applied in memory, scored by the KL of its compressed model
-to the dense one on held-out sequences; the winner's solved layers become the solve's. Under sequential calibration
-the winner's plan is solved again on the compressed layers below, and that solve is scored the same way against the
-winner's store solve: the lower KL is kept."""
+to the dense one on held-out sequences; the winner's solved layers become the solve's."""
 
 from __future__ import annotations
 
@@ -18,23 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.adapters import ModelAdapter
-from pipeline.artifacts import (
-    CANDIDATES_DIR,
-    FROM_STORE_DIR,
-    PLAN,
-    ArtifactError,
-    atomic_path,
-    atomic_write_json,
-    layer_file,
-)
+from pipeline.artifacts import CANDIDATES_DIR, atomic_path, layer_file
 from pipeline.capture.heldout_scores import heldout_scores
 from pipeline.methods import Method
 from pipeline.plan import LayerPlan
 from pipeline.planning import removed_share
-from pipeline.readers import heldout_tokens, layer_errors
+from pipeline.readers import heldout_tokens
 from pipeline.solve_identity import candidate
 from pipeline.solving import layers
-from pipeline.solving.sequential import solve_sequentially
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +73,11 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
         scores = heldout_scores(adapter, heldout, cfg.calibration.batch_size, device, variants, apply)
     kl = scores.kl
     chosen = min(kl, key=kl.__getitem__)
-    # under compression.sequential the candidates, solved from the dense store, choose the plan: its layers are solved
-    # again on the compressed layers below them, and the winner's store solve is kept until that solve is scored
-    # against it (keep_store_solve_or_sequential)
-    for index, path in files[chosen].items():
-        with atomic_path(layer_file(target / FROM_STORE_DIR if k.sequential else target, index)) as tmp:
-            shutil.copyfile(path, tmp)  # a plan two candidates share has one file: copy
+    # under compression.sequential the candidates, solved from the dense store, only choose the plan: its layers are
+    # solved again on the compressed layers below them
+    for index, path in files[chosen].items() if not k.sequential else ():
+        with atomic_path(layer_file(target, index)) as tmp:  # a plan two candidates share has one file: copy
+            shutil.copyfile(path, tmp)
     shutil.rmtree(scratch)
     seconds = time.perf_counter() - start
     removed = {name: removed_share(plans, adapter.block_shape()) for name, plans in candidates.items()}
@@ -104,44 +92,3 @@ def validate_candidates(cfg: Any, store: Any, adapter: ModelAdapter, method: Met
     return chosen, {"sequences": int(heldout.shape[0]), "positions": int(heldout.shape[1]),
                     "kl_to_dense": kl, "perplexity": perplexity, "dense_perplexity": dense_perplexity,
                     "block_params_removed": removed, "seconds": round(seconds, 3)}
-
-
-def solve_sequentially_checked(cfg: Any, method: Method, adapter: ModelAdapter, plans: list[LayerPlan], settings: Any,
-                               device: torch.device, target: Path, errors: dict[int, Any], plan_doc: dict[str, Any]
-                               ) -> None:
-    """Sequential calibration validated like the plan: the pass also carries the held-out windows, and the sequential
-    solve is kept only if its KL to the dense model there is no higher than the same plan's solve from the store (the
-    validation's winner, kept aside until now). The comparison is logged and recorded in plan.json (``validation``
-    ``sequential``) before it is applied, so an interrupted solve finishes it on resume without scoring again."""
-    validation, chosen = plan_doc["validation"], plan_doc["chosen"]
-    num_layers = adapter.num_layers
-    store_solve = [layer_file(target / FROM_STORE_DIR, i) for i in range(num_layers)]
-    if "sequential" not in validation:
-        missing = [i for i, path in enumerate(store_solve) if not path.exists()]
-        if missing:
-            raise ArtifactError(f"{target / FROM_STORE_DIR} lacks layers {missing} of the store solve the sequential "
-                                "solve is checked against: rerun with overwrite=[solve]")
-        heldout = heldout_tokens(cfg, cfg.compression.validation_sequences)
-        scores = solve_sequentially(cfg, method, adapter, plans, settings, device, target, errors, heldout)
-        assert scores is not None
-        (kl,), (nll,) = scores.kl.values(), scores.nll.values()
-        store_kl = validation["kl_to_dense"][chosen]
-        validation["sequential"] = {"kl_to_dense": kl, "perplexity": math.exp(nll), "kept": kl <= store_kl,
-                                    "seconds": round(scores.seconds, 3)}
-        log.info("sequential calibration on the held-out sequences (%.1f s in the pass): KL %.5f, perplexity %.3f, "
-                 "against KL %.5f for the plan (%s) solved from the store: %s kept", scores.seconds, kl,
-                 math.exp(nll), store_kl, chosen, "the sequential solve" if kl <= store_kl else "the store's solve")
-        atomic_write_json(target / PLAN, plan_doc)
-    elif validation["sequential"]["kept"]:  # checked before: only layers lost since are solved again
-        solve_sequentially(cfg, method, adapter, plans, settings, device, target, errors)
-    # the store solve's directory goes only once its layers are copied: one partly gone was being removed
-    if not validation["sequential"]["kept"]:
-        if all(path.exists() for path in store_solve):
-            for index, path in enumerate(store_solve):
-                with atomic_path(layer_file(target, index)) as tmp:
-                    shutil.copyfile(path, tmp)
-                errors[index] = layer_errors(layer_file(target, index))
-        elif not all(layer_file(target, i).exists() for i in range(num_layers)):
-            raise ArtifactError(f"{target} lacks layers of the store solve its held-out check kept: rerun with "
-                                "overwrite=[solve]")
-    shutil.rmtree(target / FROM_STORE_DIR, ignore_errors=True)
