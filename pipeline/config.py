@@ -228,6 +228,15 @@ def _refuse_retired_values(cfg: DictConfig | Config) -> None:
             raise ConfigError(f"compression.candidates={candidates!r} names a retired curve scale: {line}")
 
 
+def _preset_hint(method: str) -> str:
+    """The clause that points a refused method to its own preset, where it has one (conf/compression/<method>.yaml)."""
+    from importlib import resources
+
+    if not resources.files("conf.compression").joinpath(f"{method}.yaml").is_file():
+        return ""
+    return f"; compression={method} selects it with its own settings"
+
+
 def validate(cfg: DictConfig | Config) -> None:
     """Check the ranges and choices the schema's types cannot; raise a one-line ConfigError."""
     _refuse_retired_values(cfg)
@@ -260,7 +269,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,
            f"bi or uniform with compression.method={k.method} (error needs a method with module error curves)")
-    preset = f"; compression={k.method} selects it with its own settings"  # conf/compression/<baseline>.yaml
+    preset = _preset_hint(k.method)
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
            f"to the model in memory: a method that can write a solved layer into its block{preset})")

@@ -4,7 +4,8 @@ import sys
 import pytest
 from conftest import REPO, compose_config
 
-from pipeline.config import ConfigError, validate
+from pipeline.config import ConfigError, _preset_hint, validate
+from pipeline.methods import METHODS
 
 
 def test_default_config_composes_and_validates() -> None:
@@ -162,12 +163,22 @@ def test_composing_a_config_does_not_import_transformers() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("method", ["weight_svd", "layer_removal", "whitened_svd"])
-def test_each_baseline_has_a_preset_that_validates(method) -> None:
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_method_the_default_settings_refuse_has_a_preset_that_validates(method) -> None:
+    try:
+        validate(compose_config([f"compression.method={method}"]))
+        return  # runs on the default's settings: no preset needed
+    except ConfigError as error:
+        assert f"compression={method} selects it with its own settings" in str(error)
     cfg = compose_config([f"compression={method}"])
     validate(cfg)
     assert cfg.compression.method == method and cfg.compression.sequential is False
     assert cfg.compression.allocation in ("bi", "uniform")
+
+
+def test_a_method_without_a_preset_is_refused_without_pointing_to_one() -> None:
+    assert _preset_hint("no_such_method") == ""
+    assert _preset_hint("weight_svd") == "; compression=weight_svd selects it with its own settings"
 
 
 @pytest.mark.parametrize("method", ["weight_svd", "layer_removal"])
