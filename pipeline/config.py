@@ -228,7 +228,7 @@ def _refuse_retired_values(cfg: DictConfig | Config) -> None:
             raise ConfigError(f"compression.candidates={candidates!r} names a retired curve scale: {line}")
 
 
-def _preset_hint(method: str) -> str:
+def preset_hint(method: str) -> str:
     """The clause that points a refused method to its own preset, where it has one (conf/compression/<method>.yaml)."""
     from importlib import resources
 
@@ -269,7 +269,7 @@ def validate(cfg: DictConfig | Config) -> None:
     _check_choice("compression.allocation", k.allocation, ALLOCATIONS)
     _check(k.allocation != "error" or METHODS[k.method].error_allocation, "compression.allocation", k.allocation,
            f"bi or uniform with compression.method={k.method} (error needs a method with module error curves)")
-    preset = _preset_hint(k.method)
+    preset = preset_hint(k.method)
     _check(k.allocation != "validated" or METHODS[k.method].sequential_calibration, "compression.allocation",
            k.allocation, f"bi, uniform or error with compression.method={k.method} (validated applies each candidate "
            f"to the model in memory: a method that can write a solved layer into its block{preset})")

@@ -4,7 +4,7 @@ import sys
 import pytest
 from conftest import REPO, compose_config
 
-from pipeline.config import ConfigError, _preset_hint, validate
+from pipeline.config import ConfigError, preset_hint, validate
 from pipeline.methods import METHODS
 
 
@@ -176,9 +176,9 @@ def test_a_method_the_default_settings_refuse_has_a_preset_that_validates(method
     assert cfg.compression.allocation in ("bi", "uniform")
 
 
-def test_a_method_without_a_preset_is_refused_without_pointing_to_one() -> None:
-    assert _preset_hint("no_such_method") == ""
-    assert _preset_hint("weight_svd") == "; compression=weight_svd selects it with its own settings"
+def test_the_preset_hint_names_a_preset_only_where_its_file_exists() -> None:
+    assert preset_hint("no_such_method") == ""
+    assert preset_hint("weight_svd") == "; compression=weight_svd selects it with its own settings"
 
 
 @pytest.mark.parametrize("method", ["weight_svd", "layer_removal"])
